@@ -1,0 +1,36 @@
+# The README's commands. Every target that needs Python creates .venv first.
+PY := .venv/bin/python
+# pip takes torch 2.13.0 from a local CPU wheel where one lies on disk (see README, "Installing").
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= handler,tools,cdk,dev
+
+.PHONY: all venv test test-all lint typecheck demo synth bench clean
+
+all: lint test
+
+venv: .venv/.stamp
+
+.venv/.stamp: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q
+
+test-all: venv
+	$(PY) -m pytest -q -m "not gpu"
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy handler model_package scripts cdk
+
+typecheck: lint
+
+demo: venv
+	@echo "make demo: not yet - the end-to-end demo lands with the local endpoint issue."
+
+clean:
+	rm -rf .venv cdk.out .pytest_cache .mypy_cache .ruff_cache

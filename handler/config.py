@@ -1,0 +1,171 @@
+"""Handler settings: one frozen dataclass parsed once from the environment (and DJL options).
+
+Every setting has an environment variable (``LORA_*``) and a DJL option of the same name in lower case
+without the prefix (``option.max_new_tokens`` in ``serving.properties`` sets ``LORA_MAX_NEW_TOKENS``).
+DJL options win over the environment, because they are what the package author wrote down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ENV_PREFIX = "LORA_"
+
+# Env-var names, in one place: cdk/ and model_package/ import these instead of spelling them again.
+ENV_BASE_MODEL = "LORA_BASE_MODEL"
+ENV_BASE_MODEL_CACHE = "LORA_BASE_MODEL_CACHE"
+ENV_ADAPTERS_DIR = "LORA_ADAPTERS_DIR"
+ENV_DEFAULT_ADAPTER = "LORA_DEFAULT_ADAPTER"
+ENV_DTYPE = "LORA_DTYPE"
+ENV_DEVICE = "LORA_DEVICE"
+ENV_MERGE = "LORA_MERGE"
+ENV_MAX_NEW_TOKENS = "LORA_MAX_NEW_TOKENS"
+ENV_DEFAULT_MAX_NEW_TOKENS = "LORA_DEFAULT_MAX_NEW_TOKENS"
+ENV_MAX_INPUT_TOKENS = "LORA_MAX_INPUT_TOKENS"
+ENV_MAX_INPUTS = "LORA_MAX_INPUTS"
+ENV_MAX_RETURN_SEQUENCES = "LORA_MAX_RETURN_SEQUENCES"
+ENV_MAX_PAYLOAD_BYTES = "LORA_MAX_PAYLOAD_BYTES"
+ENV_MAX_BATCH_ROWS = "LORA_MAX_BATCH_ROWS"
+ENV_TIME_BUDGET_S = "LORA_TIME_BUDGET_S"
+ENV_RAG_TEMPLATE = "LORA_RAG_TEMPLATE"
+ENV_TRUST_REMOTE_CODE = "LORA_TRUST_REMOTE_CODE"
+ENV_LOG_LEVEL = "LORA_LOG_LEVEL"
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+DEFAULT_RAG_TEMPLATE = (
+    "Answer the question using only the context below.\n\n"
+    "Context:\n{context}\n\n"
+    "Question: {query}\n"
+    "Answer:"
+)
+
+
+class SettingsError(ValueError):
+    """A setting has a value the handler cannot run with; the message names the variable."""
+
+
+def _as_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _as_int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be {low}..{high}, got {value}")
+    return value
+
+
+def _as_float(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be {low}..{high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """Everything the handler reads from its environment, validated once at start-up."""
+
+    base_model: str = ""
+    """Base model: empty (found in the model dir), a path (absolute or relative to the model dir),
+    an ``s3://`` prefix (downloaded at start) or a hub id (fetched by transformers)."""
+    base_model_cache: str = "/tmp/lora-endpoint/base-model"
+    adapters_dir: str = "adapters"
+    default_adapter: str = ""
+    """Adapter used when a request names none; empty means the base model."""
+    dtype: str = "auto"
+    device: str = "auto"
+    merge: bool = False
+    """Merge the adapter into the base weights (only when exactly one adapter is served)."""
+    max_new_tokens: int = 1024
+    """Server-side cap on ``max_new_tokens``."""
+    default_max_new_tokens: int = 30
+    """Used when a request sets no ``max_new_tokens`` (30 is LMI's default)."""
+    max_input_tokens: int = 0
+    """Prompt + new tokens must fit; 0 means the model's own context length."""
+    max_inputs: int = 32
+    """Most prompts in one request's ``inputs`` list."""
+    max_return_sequences: int = 4
+    max_payload_bytes: int = 6 * 1024 * 1024
+    max_batch_rows: int = 32
+    """Most rows generated together in one forward pass; larger batches run in chunks."""
+    time_budget_s: float = 50.0
+    """Generation stops with ``finish_reason`` ``time_limit`` past this many seconds (0 turns it off)."""
+    rag_template: str = DEFAULT_RAG_TEMPLATE
+    trust_remote_code: bool = False
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise SettingsError(f"{ENV_DTYPE} must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise SettingsError(f"{ENV_DEVICE} must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise SettingsError(
+                f"{ENV_DEFAULT_MAX_NEW_TOKENS} ({self.default_max_new_tokens}) must not exceed "
+                f"{ENV_MAX_NEW_TOKENS} ({self.max_new_tokens})"
+            )
+        for field in ("{context}", "{query}"):
+            if field not in self.rag_template:
+                raise SettingsError(f"{ENV_RAG_TEMPLATE} must contain {field}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HandlerSettings:
+        """Read ``LORA_*`` variables from ``env`` (``os.environ`` when omitted)."""
+        env = os.environ if env is None else env
+        return cls._parse({k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str], env: Mapping[str, str] | None = None) -> HandlerSettings:
+        """Read DJL ``option.*`` properties (prefix already stripped) over the environment."""
+        env = os.environ if env is None else env
+        merged = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+        names = {f.name for f in dataclasses.fields(cls)}
+        merged.update({k.lower(): str(v) for k, v in options.items() if k.lower() in names})
+        return cls._parse(merged)
+
+    @classmethod
+    def _parse(cls, raw: Mapping[str, str]) -> HandlerSettings:
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in raw:
+                continue
+            name = ENV_PREFIX + field.name.upper()
+            text = raw[field.name]
+            if field.type == "bool":
+                values[field.name] = _as_bool(name, text)
+            elif field.type == "int":
+                values[field.name] = _as_int(name, text, 0, 1 << 40)
+            elif field.type == "float":
+                values[field.name] = _as_float(name, text, 0.0, 3600.0)
+            else:
+                values[field.name] = text.strip() if field.name != "rag_template" else text
+        settings = cls(**values)  # type: ignore[arg-type]
+        for name in ("max_new_tokens", "default_max_new_tokens", "max_inputs", "max_return_sequences",
+                     "max_payload_bytes", "max_batch_rows"):
+            if getattr(settings, name) < 1:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+        return settings
+
+
+def env_var(field_name: str) -> str:
+    """The environment variable that sets ``HandlerSettings.<field_name>``."""
+    if field_name not in {f.name for f in dataclasses.fields(HandlerSettings)}:
+        raise KeyError(field_name)
+    return ENV_PREFIX + field_name.upper()

@@ -1,0 +1,173 @@
+"""Tiny Llama models, a tokenizer made in code and real peft LoRA adapters, all built offline.
+
+Tests, the demo and the benchmarks use these instead of a hub download: the loading code they
+exercise is the real one, only the weights are small and seeded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>")
+
+DEFAULT_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. A LoRA adapter adds a low-rank update to a frozen "
+    "base model. SageMaker endpoints serve models behind an HTTPS API. Question: what is the capital "
+    "of France? Answer: Paris. Question: how many legs does a spider have? Answer: eight. "
+    "Hello world, this is a tiny language model used for tests and demos. 0123456789 !?.,;:'\"()[]{}"
+)
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Shape of the tiny Llama; the defaults give a model of about 100k parameters."""
+
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 256
+    vocab_size: int = 384
+    initializer_range: float = 0.2
+    seed: int = 0
+
+
+def build_tokenizer(corpus: Iterable[str] = (DEFAULT_CORPUS,), vocab_size: int = 384):  # type: ignore[no-untyped-def]
+    """Train a byte-level BPE tokenizer in code and wrap it as a ``PreTrainedTokenizerFast``.
+
+    Byte-level means any text round-trips (no unknown token), which the handler relies on for
+    incremental detokenisation and stop sequences.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(list(corpus), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+        model_max_length=256,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    config: TinyModelConfig = TinyModelConfig(),
+    *,
+    corpus: Iterable[str] = (DEFAULT_CORPUS,),
+    tokenizer=None,  # type: ignore[no-untyped-def]
+) -> Path:
+    """Save a seeded, randomly initialised ``LlamaForCausalLM`` and its tokenizer to ``out_dir``."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer or build_tokenizer(corpus, vocab_size=config.vocab_size)
+    llama_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(llama_config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_lora_adapter(
+    base_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int,
+    r: int = 4,
+    alpha: int = 8,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    scale: float = 1.0,
+    base_model_name_or_path: str | None = None,
+) -> Path:
+    """Write a real peft LoRA adapter with seeded, non-zero weights for the model in ``base_dir``.
+
+    peft initialises ``lora_B`` to zero (an adapter that changes nothing); ``init_lora_weights=False``
+    makes both factors random, and ``scale`` multiplies ``lora_B`` so adapters differ visibly.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft_config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=list(target_modules),
+        lora_dropout=0.0,
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, peft_config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(scale)
+    model.save_pretrained(out, safe_serialization=True)
+    if base_model_name_or_path is not None:
+        config_path = out / "adapter_config.json"
+        data = json.loads(config_path.read_text())
+        data["base_model_name_or_path"] = base_model_name_or_path
+        config_path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    return out
+
+
+def build_model_dir(
+    out_dir: str | Path,
+    adapters: Sequence[str] = ("alpha", "beta"),
+    *,
+    config: TinyModelConfig = TinyModelConfig(),
+    base_subdir: str = "base",
+) -> Path:
+    """A model dir in the layout the handler serves: ``base/`` plus ``adapters/<name>/``."""
+    out = Path(out_dir)
+    base = build_tiny_model(out / base_subdir, config)
+    for index, name in enumerate(adapters):
+        build_lora_adapter(base, out / "adapters" / name, seed=1000 + index, scale=4.0)
+    return out
