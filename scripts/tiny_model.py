@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -42,7 +43,7 @@ class TinyModelConfig:
     seed: int = 0
 
 
-def build_tokenizer(corpus: Iterable[str] = (DEFAULT_CORPUS,), vocab_size: int = 384):  # type: ignore[no-untyped-def]
+def build_tokenizer(corpus: Iterable[str] = (DEFAULT_CORPUS,), vocab_size: int = 384) -> Any:
     """Train a byte-level BPE tokenizer in code and wrap it as a ``PreTrainedTokenizerFast``.
 
     Byte-level means any text round-trips (no unknown token), which the handler relies on for
@@ -78,7 +79,7 @@ def build_tiny_model(
     config: TinyModelConfig = TinyModelConfig(),
     *,
     corpus: Iterable[str] = (DEFAULT_CORPUS,),
-    tokenizer=None,  # type: ignore[no-untyped-def]
+    tokenizer: Any = None,
 ) -> Path:
     """Save a seeded, randomly initialised ``LlamaForCausalLM`` and its tokenizer to ``out_dir``."""
     import torch
@@ -149,7 +150,7 @@ def build_lora_adapter(
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.mul_(scale)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(str(out), safe_serialization=True)
     if base_model_name_or_path is not None:
         config_path = out / "adapter_config.json"
         data = json.loads(config_path.read_text())

@@ -1,0 +1,232 @@
+"""Entry points: SageMaker's model_fn / input_fn / predict_fn / output_fn and DJL Serving's handle().
+
+DJL matches the four SageMaker functions by their exact parameter names, so keep them as they are.
+``handle`` is the one error boundary of the DJL path: typed errors become their status with a JSON
+body; anything unexpected is logged with the request id and answered as a generic 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from . import service
+from .config import HandlerSettings
+from .errors import HandlerError, NotAcceptable, UnknownAdapter, internal_error_body
+from .loading import LoadedModel, load_model
+from .schema import decode_json, parse_body, with_adapter_header
+
+log = logging.getLogger("lora_endpoint.handler")
+
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
+JSON = "application/json"
+JSON_LINES = "application/jsonlines"
+EVENT_STREAM = "text/event-stream"
+DEFAULT_MODEL_DIR = "/opt/ml/model"
+
+
+class _Runtime:
+    """What survives between DJL calls: settings (sent only on the init call) and the loaded model."""
+
+    def __init__(self) -> None:
+        self.settings: HandlerSettings | None = None
+        self.model: LoadedModel | None = None
+        self.lock = threading.Lock()
+
+    def current_settings(self) -> HandlerSettings:
+        if self.settings is None:
+            self.settings = HandlerSettings.from_env()
+        return self.settings
+
+
+_runtime = _Runtime()
+
+
+# --- SageMaker inference toolkit functions (exact parameter names: DJL matches them) --------------
+
+
+def model_fn(model_dir: str) -> LoadedModel:
+    """Load the base model and every adapter found in ``model_dir``."""
+    settings = _runtime.current_settings()
+    logging.basicConfig(level=settings.log_level)
+    model = load_model(model_dir, settings)
+    _runtime.model = model
+    return model
+
+
+def input_fn(request_body: bytes | str, content_type: str | None) -> Any:
+    """Parse and validate a request body into a typed request."""
+    return parse_body(decode_json(request_body, content_type, _runtime.current_settings()),
+                      _runtime.current_settings())
+
+
+def predict_fn(input_data: Any, model: LoadedModel) -> Any:
+    """Generate for one parsed request; returns the JSON-ready response (or a stream of bytes)."""
+    if getattr(input_data, "stream", False):
+        return b"".join(service.stream(model, input_data))
+    answer = service.run(model, [input_data])[0]
+    if isinstance(answer, HandlerError):
+        raise answer
+    return answer
+
+
+def output_fn(prediction: Any, accept: str | None) -> bytes:
+    """Serialise a prediction as JSON (streams were already rendered as JSON lines / SSE)."""
+    if isinstance(prediction, bytes | bytearray):
+        return bytes(prediction)
+    media = (accept or JSON).split(";")[0].split(",")[0].strip().lower()
+    if media not in (JSON, "*/*", "application/*", ""):
+        raise NotAcceptable(f"Accept must be application/json, got {accept!r}")
+    return json.dumps(prediction, ensure_ascii=False).encode("utf-8")
+
+
+# --- DJL Serving ----------------------------------------------------------------------------------
+
+
+def _load_from_djl(properties: dict[str, Any]) -> None:
+    options = {k: v for k, v in properties.items() if isinstance(v, str)}
+    settings = HandlerSettings.from_options(options)
+    _runtime.settings = settings
+    model_dir = properties.get("model_dir") or os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR
+    model_fn(str(model_dir))
+
+
+def _ensure_loaded(inputs: Any) -> bool:
+    """Load on the init call (empty body); True if this call was the init call."""
+    with _runtime.lock:
+        if _runtime.model is None:
+            _load_from_djl(dict(inputs.get_properties()))
+            return bool(inputs.is_empty())
+    return bool(inputs.is_empty())
+
+
+def _parse_item(item: Any) -> Any:
+    request = input_fn(item.get_as_bytes() or b"", item.get_property("Content-Type"))
+    accept = item.get_property("Accept")
+    if accept:
+        wanted = {EVENT_STREAM, JSON_LINES} if getattr(request, "stream", False) else set()
+        media = accept.split(";")[0].split(",")[0].strip().lower()
+        if media not in {JSON, "*/*", "application/*", *wanted}:
+            raise NotAcceptable(f"Accept must be application/json, got {accept!r}")
+    return with_adapter_header(request, item.get_property(ADAPTER_HEADER))
+
+
+def _stream_type(request: Any) -> str:
+    return EVENT_STREAM if getattr(request, "kind", "") == "chat" else JSON_LINES
+
+
+def _error_output(output_cls: Any, status: int, body: dict[str, Any]) -> Any:
+    out = output_cls()
+    out.set_code(status)
+    out.add_property("Content-Type", JSON)
+    out.add_as_json(body)
+    return out
+
+
+def handle(inputs: Any) -> Any:
+    """DJL Serving entry: the init call loads the model; request calls run parse -> generate -> render."""
+    from djl_python import Output  # ships only in the LMI image: import it here, never at module level
+
+    if _ensure_loaded(inputs):
+        return None
+    model = _runtime.model
+    assert model is not None
+    request_id = inputs.get_property("requestId") or "-"
+    try:
+        items = inputs.get_batches() if inputs.is_batch() else [inputs]
+        parsed: list[Any] = []
+        for item in items:
+            try:
+                parsed.append(_parse_item(item))
+            except HandlerError as err:
+                parsed.append(err)
+        if len(items) == 1 and not isinstance(parsed[0], HandlerError) and getattr(parsed[0], "stream", False):
+            return _stream_output(Output, model, parsed[0])
+        answers = _answer_all(model, parsed)
+        return _batch_output(Output, answers, parsed, batched=inputs.is_batch())
+    except HandlerError as err:
+        return _error_output(Output, err.status, err.body())
+    except Exception:
+        log.exception("request %s failed", request_id)  # details in the log, never on the wire
+        return _error_output(Output, 500, internal_error_body())
+
+
+def _answer_all(model: LoadedModel, parsed: list[Any]) -> list[Any]:
+    """Answers in order: errors stay errors, streams in a batch are rendered whole."""
+    plain = [(i, p) for i, p in enumerate(parsed) if not isinstance(p, HandlerError) and not p.stream]
+    answers: list[Any] = list(parsed)
+    for (index, _), answer in zip(plain, service.run(model, [p for _, p in plain]), strict=True):
+        answers[index] = answer
+    for index, request in enumerate(parsed):
+        if not isinstance(request, HandlerError) and request.stream:
+            try:
+                answers[index] = b"".join(service.stream(model, request))
+            except HandlerError as err:
+                answers[index] = err
+    return answers
+
+
+def _batch_output(output_cls: Any, answers: list[Any], parsed: list[Any], *, batched: bool) -> Any:
+    """One Output for the call. DJL gives a batch a single status: it is the error's status when
+    every item failed alike, else 200 with each failed item's error body (see README, Batching)."""
+    errors = [a for a in answers if isinstance(a, HandlerError)]
+    uniform = bool(errors) and len(errors) == len(answers) and len({e.status for e in errors}) == 1
+    if uniform and not batched:
+        return _error_output(output_cls, errors[0].status, errors[0].body())
+    out = output_cls()
+    if uniform:
+        out.set_code(errors[0].status)
+    content_type = JSON
+    for index, answer in enumerate(answers):
+        if isinstance(answer, HandlerError):
+            body: Any = answer.body()
+        elif isinstance(answer, bytes | bytearray):
+            body = bytes(answer)
+            content_type = _stream_type(parsed[index])
+        else:
+            body = answer
+        payload = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode("utf-8")
+        if batched:
+            out.add(payload, key="data", batch_index=index)
+        else:
+            out.add(payload, key="data")
+    out.add_property("Content-Type", content_type)
+    return out
+
+
+def _stream_output(output_cls: Any, model: LoadedModel, request: Any) -> Any:
+    chunks = service.stream(model, request)  # preparation errors raise here, before any byte is sent
+    out = output_cls()
+    out.add_property("Content-Type", _stream_type(request))
+    try:
+        out.add_stream_content(chunks, output_formatter=_identity)
+    except TypeError:  # older djl_python: add_stream_content(stream_content) only
+        out.add_stream_content(chunks)
+    return out
+
+
+def _identity(chunk: Any) -> Any:
+    return chunk
+
+
+def register_adapter(inputs: Any) -> Any:
+    """LMI calls this for each ``adapters/<name>`` when ``option.enable_lora=true``. Adapters in the
+    model dir are loaded by ``model_fn`` already; registering one of them again is a no-op."""
+    from djl_python import Output
+
+    name = inputs.get_property("name")
+    model = _runtime.model
+    out = Output()
+    if model is not None and name in model.adapters:
+        return out
+    log.warning("register_adapter(%s): only adapters packaged under adapters/ are served", name)
+    return _error_output(Output, 404, UnknownAdapter(f"adapter {name!r} is not in the package").body())
+
+
+def stream_chunks(model: LoadedModel, request: Any) -> Iterator[bytes]:
+    """The streaming body for one request (the local endpoint uses this)."""
+    return service.stream(model, request)

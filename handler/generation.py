@@ -1,0 +1,247 @@
+"""Batched token generation: many rows, each with its own adapter, sampling, seed, stops and limit.
+
+One decode loop over a left-padded batch with a KV cache. Each row is routed to its own adapter in
+the same forward pass (peft's ``adapter_names``), so no request touches shared adapter state. A row
+that finishes (EOS, stop sequence, its own ``max_new_tokens``, the time budget) leaves the batch:
+its cache rows are dropped, so it stops costing compute. ``decode`` is a generator of per-step
+deltas: closing it (a client that went away) stops generation at the next step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .loading import BASE_ADAPTER_NAME, LoadedModel
+from .schema import SamplingParams
+
+# finish_reason values, LMI's spelling; "time_limit" is ours (see the README).
+LENGTH, EOS, STOP, TIME_LIMIT = "length", "eos_token", "stop_sequence", "time_limit"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sequence to generate."""
+
+    prompt_ids: tuple[int, ...]
+    adapter: str | None
+    params: SamplingParams
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one step added to one row: new text (possibly empty while a stop may be forming)."""
+
+    row: int
+    text: str
+    token_id: int
+    logprob: float | None
+    finish_reason: str | None = None
+
+
+@dataclass
+class RowResult:
+    """A finished row."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = LENGTH
+    prompt_tokens: int = 0
+
+
+class _RowState:
+    """Per-row text bookkeeping: incremental detokenisation and stop-sequence matching."""
+
+    def __init__(self, row: Row, tokenizer: Any, eos_ids: frozenset[int]) -> None:
+        self.row = row
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.ids: list[int] = []
+        self.text = ""  # text of the generated ids, final once the row ends
+        self.emitted = 0  # characters of self.text already handed out
+        self.finish: str | None = None
+        self.max_stop = max((len(s) for s in row.params.stop), default=0)
+
+    def push(self, token_id: int, deadline_passed: bool) -> str:
+        """Add a token; return the text that is now safe to emit."""
+        if token_id in self.eos_ids:
+            self.finish = EOS
+            return self._flush()
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # A trailing U+FFFD is half a multi-byte character: wait for the rest before emitting it.
+        text_ready = text[:-1] if text.endswith("\ufffd") else text
+        self.text = text
+        if self.max_stop:
+            window_start = max(0, self.emitted - self.max_stop)
+            hits = [(text.find(stop, window_start), stop) for stop in self.row.params.stop]
+            hits = [(pos, stop) for pos, stop in hits if pos >= 0]
+            if hits:
+                self.text = text[: min(pos for pos, _ in hits)]
+                self.finish = STOP
+                return self._flush()
+        if len(self.ids) >= self.row.params.max_new_tokens:
+            self.finish = LENGTH
+            return self._flush()
+        if deadline_passed:
+            self.finish = TIME_LIMIT
+            return self._flush()
+        safe = len(text_ready) - self._held_back(text_ready)
+        out = text_ready[self.emitted : safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return out
+
+    def _held_back(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that could still grow into a stop sequence."""
+        longest = 0
+        for stop in self.row.params.stop:
+            for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:size]):
+                    longest = max(longest, size)
+                    break
+        return longest
+
+    def _flush(self) -> str:
+        out = self.text[self.emitted :]
+        self.emitted = len(self.text)
+        return out
+
+
+def _eos_ids(lm: LoadedModel, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    config_eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    for value in (config_eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(v for v in value if isinstance(v, int))
+    return frozenset(ids)
+
+
+def _pick_tokens(logits: Any, rows: Sequence[Row], histories: Sequence[Any], generators: Sequence[Any]) -> Any:
+    """Choose the next token of every row with that row's own sampling parameters."""
+    import torch
+
+    chosen = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    for i, row in enumerate(rows):
+        scores = logits[i]
+        p = row.params
+        if p.repetition_penalty != 1.0 and histories[i].numel():
+            seen = histories[i]
+            picked = scores.gather(0, seen)
+            picked = torch.where(picked < 0, picked * p.repetition_penalty, picked / p.repetition_penalty)
+            scores = scores.scatter(0, seen, picked)
+        if p.greedy:
+            chosen[i] = torch.argmax(scores)
+            continue
+        scores = scores / p.temperature
+        if 0 < p.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, p.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=True)
+            cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
+            drop = cumulative - torch.softmax(sorted_scores, dim=-1) >= p.top_p  # keep the first token always
+            scores = scores.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        chosen[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
+    return chosen
+
+
+def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = None) -> Iterator[list[Delta]]:
+    """Generate all ``rows`` together, yielding each step's deltas (a finished row's last delta has
+    its ``finish_reason``). Rows are independent: a row's tokens do not depend on its neighbours."""
+    import torch
+
+    if not rows:
+        return
+    device = lm.device
+    tokenizers = [lm.tokenizer_for(r.adapter) for r in rows]
+    states = [_RowState(r, tok, _eos_ids(lm, tok)) for r, tok in zip(rows, tokenizers, strict=True)]
+    generators = []
+    for row in rows:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(row.params.seed if row.params.seed is not None else int(torch.randint(0, 2**62, (1,))))
+        generators.append(gen)
+
+    width = max(len(r.prompt_ids) for r in rows)
+    pad = lm.tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):  # left padding: every row's last prompt token is in the last column
+        input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+        mask[i, width - len(row.prompt_ids) :] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    histories = [torch.tensor(r.prompt_ids, dtype=torch.long, device=device) for r in rows]
+
+    active = list(range(len(rows)))  # original indices of the rows still in the batch
+    cache = _new_cache(lm)
+    want_logprobs = any(r.logprobs for r in rows)
+    with torch.inference_mode():
+        while active:
+            kwargs: dict[str, Any] = {}
+            if lm.uses_peft:
+                kwargs["adapter_names"] = [rows[i].adapter or BASE_ADAPTER_NAME for i in active]
+            out = lm.model(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, **kwargs,
+            )
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            batch_rows = [rows[i] for i in active]
+            tokens = _pick_tokens(logits, batch_rows, [histories[i] for i in active], [generators[i] for i in active])
+            logprob_rows = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0] if want_logprobs else None
+            passed = deadline is not None and time.monotonic() >= deadline
+            step: list[Delta] = []
+            keep: list[int] = []
+            token_list = tokens.tolist()
+            for slot, index in enumerate(active):
+                state = states[index]
+                token = token_list[slot]
+                text = state.push(token, passed)
+                logprob = float(logprob_rows[slot]) if logprob_rows is not None and rows[index].logprobs else None
+                step.append(Delta(index, text, token, logprob, state.finish))
+                if state.finish is None:
+                    keep.append(slot)
+                    if rows[index].params.repetition_penalty != 1.0:
+                        histories[index] = torch.cat([histories[index], tokens[slot : slot + 1]])
+            yield step
+            if len(keep) < len(active):
+                if not keep:
+                    break
+                index_tensor = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index_tensor)
+                tokens, mask, positions = tokens[index_tensor], mask[index_tensor], positions[index_tensor]
+                active = [active[s] for s in keep]
+            input_ids = tokens[:, None]
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
+            positions = positions[:, -1:] + 1
+
+
+def _new_cache(lm: LoadedModel) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=lm.model.config)
+    except TypeError:  # transformers < 4.56 takes no config
+        return DynamicCache()
+
+
+def generate(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = None) -> list[RowResult]:
+    """Run ``decode`` to the end and collect each row's result."""
+    results = [RowResult(prompt_tokens=len(r.prompt_ids)) for r in rows]
+    for step in decode(lm, rows, deadline=deadline):
+        for delta in step:
+            result = results[delta.row]
+            result.text += delta.text
+            result.token_ids.append(delta.token_id)
+            if delta.logprob is not None:
+                result.logprobs.append(delta.logprob)
+            if delta.finish_reason:
+                result.finish_reason = delta.finish_reason
+    return results

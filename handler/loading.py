@@ -1,0 +1,213 @@
+"""Loading: find the base model, load it with its adapters, pick device and dtype.
+
+Imports torch / transformers / peft lazily so that importing ``handler`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .adapters import AdapterInfo, discover_adapters
+from .config import HandlerSettings
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+BASE_SUBDIR = "base"
+BASE_ADAPTER_NAME = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class LoadedModel:
+    """The model as served: base (+ adapters), tokenizer(s), and what info requests report."""
+
+    model: Any
+    tokenizer: Any
+    settings: HandlerSettings
+    adapters: dict[str, AdapterInfo]
+    base_name: str
+    device: Any
+    dtype: Any
+    context_length: int
+    merged_adapter: str | None = None
+    adapter_tokenizers: dict[str, Any] = field(default_factory=dict)
+    load_seconds: float = 0.0
+    # One generation at a time per model: the local endpoint calls in from several threads.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def uses_peft(self) -> bool:
+        return bool(self.adapters) and self.merged_adapter is None
+
+    def tokenizer_for(self, adapter: str | None) -> Any:
+        """An adapter's own tokenizer (chat template) wins over the base model's."""
+        return self.adapter_tokenizers.get(adapter or "", self.tokenizer)
+
+
+def _download_s3_prefix(uri: str, dest: Path) -> Path:
+    """Download every object under ``s3://bucket/prefix`` to ``dest`` once (a marker file records it)."""
+    import boto3
+
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ModelLoadError(f"base model URI {uri!r} has no bucket")
+    marker = dest / ".lora-endpoint-complete"
+    if marker.is_file() and marker.read_text() == uri:
+        return dest
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    client = boto3.client("s3")
+    count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            relative = obj["Key"][len(prefix) :]
+            if not relative or relative.endswith("/"):
+                continue
+            target = (dest / relative).resolve()
+            if not target.is_relative_to(dest.resolve()):
+                raise ModelLoadError(f"base model object {obj['Key']!r} would land outside {dest}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], str(target))
+            count += 1
+    if count == 0:
+        raise ModelLoadError(f"no objects under base model URI {uri!r}")
+    marker.write_text(uri)
+    log.info("downloaded %d base model files from %s to %s", count, uri, dest)
+    return dest
+
+
+def resolve_base_model(model_dir: str | Path, settings: HandlerSettings) -> str:
+    """Where the base model is: a local folder, or a hub id that transformers will fetch."""
+    root = Path(model_dir)
+    ref = settings.base_model
+    if ref.startswith("s3://"):
+        return str(_download_s3_prefix(ref, Path(settings.base_model_cache)))
+    if ref:
+        candidate = Path(ref) if os.path.isabs(ref) else root / ref
+        if candidate.is_dir():
+            return str(candidate)
+        if os.path.isabs(ref) or ref.startswith("."):
+            raise ModelLoadError(f"base model folder {candidate} does not exist")
+        return ref  # a hub id: fetched by transformers (needs network in the container)
+    for candidate in (root / BASE_SUBDIR, root):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    raise ModelLoadError(
+        f"no base model in {root}: expected {root / BASE_SUBDIR}/config.json or {root}/config.json, "
+        "or set LORA_BASE_MODEL / option.base_model"
+    )
+
+
+def pick_device_and_dtype(settings: HandlerSettings) -> tuple[Any, Any]:
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("LORA_DEVICE is cuda but no CUDA device is visible")
+    if settings.dtype != "auto":
+        dtype = getattr(torch, settings.dtype)
+    elif device == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float32
+    return torch.device(device), dtype
+
+
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """transformers >= 4.56 spells it ``dtype``; older releases only know ``torch_dtype``."""
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def _context_length(config: Any, tokenizer: Any) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", 0)
+    return limit if isinstance(limit, int) and 0 < limit < 10**7 else 2048
+
+
+def load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel:
+    """Load the base model and every adapter under ``<model_dir>/<adapters_dir>`` once, by name."""
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    base_ref = resolve_base_model(model_dir, settings)
+    adapters = discover_adapters(Path(model_dir) / settings.adapters_dir)
+    if settings.default_adapter and settings.default_adapter not in adapters:
+        raise ModelLoadError(
+            f"LORA_DEFAULT_ADAPTER is {settings.default_adapter!r} but the adapters are: {sorted(adapters) or 'none'}"
+        )
+    if settings.merge and len(adapters) != 1:
+        raise ModelLoadError(f"LORA_MERGE needs exactly one adapter, found {len(adapters)}")
+    device, dtype = pick_device_and_dtype(settings)
+    log.info("loading base model %s on %s as %s with adapters %s", base_ref, device, dtype, sorted(adapters))
+
+    tokenizer = AutoTokenizer.from_pretrained(base_ref, trust_remote_code=settings.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked out; any id will do, and EOS always exists.
+        tokenizer.pad_token = tokenizer.eos_token
+    load_kwargs: dict[str, Any] = {"trust_remote_code": settings.trust_remote_code, **dtype_kwarg(dtype)}
+    if device.type == "cuda":
+        load_kwargs["device_map"] = "auto"  # spreads a model too big for one GPU over all of them
+    model: Any = AutoModelForCausalLM.from_pretrained(base_ref, **load_kwargs)
+    if device.type != "cuda":
+        model.to(device)
+
+    merged = None
+    if adapters:
+        from peft import PeftModel
+
+        names = sorted(adapters)
+        first = adapters[names[0]]
+        model = PeftModel.from_pretrained(model, str(first.path), adapter_name=first.name, is_trainable=False)
+        for name in names[1:]:
+            model.load_adapter(str(adapters[name].path), adapter_name=name, is_trainable=False)
+        if settings.merge:
+            model = model.merge_and_unload()
+            merged = first.name
+    model.eval()
+
+    adapter_tokenizers = {
+        name: AutoTokenizer.from_pretrained(str(info.path)) for name, info in adapters.items() if info.has_tokenizer
+    }
+    for adapter_tokenizer in adapter_tokenizers.values():
+        if adapter_tokenizer.pad_token_id is None:
+            adapter_tokenizer.pad_token = adapter_tokenizer.eos_token
+    context = _context_length(model.config, tokenizer)
+    if settings.max_input_tokens:
+        context = min(context, settings.max_input_tokens)
+    torch.set_grad_enabled(False)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        settings=settings,
+        adapters=adapters,
+        base_name=_base_name(base_ref, settings),
+        device=model.get_input_embeddings().weight.device,
+        dtype=dtype,
+        context_length=context,
+        merged_adapter=merged,
+        adapter_tokenizers=adapter_tokenizers,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+def _base_name(base_ref: str, settings: HandlerSettings) -> str:
+    """A readable base model name: the hub id or S3 URI as configured, else the folder name."""
+    if settings.base_model and not os.path.isabs(settings.base_model):
+        return settings.base_model
+    path = Path(base_ref)
+    return path.parent.name if path.name == BASE_SUBDIR and path.parent.name else path.name

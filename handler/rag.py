@@ -1,0 +1,148 @@
+"""Retrieval-augmented generation over context the caller supplies.
+
+The prompt comes from a template (``LORA_RAG_TEMPLATE``, with ``{context}`` and ``{query}``). Passages
+are given in priority order; the context is fitted to the model's window by token budget: whole
+passages are kept in order while they fit and the ones that do not fit are dropped, so the lowest
+priority passages go first. The response names the passages used and the ones dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import HandlerSettings
+from .errors import ContextLengthExceeded, InvalidRequest
+from .schema import (
+    PARAMETER_KEYS,
+    SamplingParams,
+    read_bool,
+    read_sampling,
+    reject_unknown,
+)
+
+RAG_KEYS = frozenset({"query", "context", "parameters", "adapters", "stream"})
+RAG_PARAMETER_KEYS = PARAMETER_KEYS - {"num_return_sequences"}
+MAX_PASSAGES = 256
+_FIELD = re.compile(r"\{(context|query)\}")
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: str | int
+    text: str
+
+
+@dataclass(frozen=True)
+class RagRequest:
+    query: str
+    passages: tuple[Passage, ...]
+    params: SamplingParams
+    details: bool = False
+    return_full_text: bool = False
+    stream: bool = False
+    adapter: str | None = None
+    kind: str = "rag"
+
+
+def parse_rag(body: Mapping[str, Any], settings: HandlerSettings) -> RagRequest:
+    reject_unknown(body, RAG_KEYS, "a RAG request")
+    query = body.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidRequest("query must be a non-empty string", param="query")
+    raw = body.get("context")
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequest("context must be a non-empty list of passages", param="context")
+    if len(raw) > MAX_PASSAGES:
+        raise InvalidRequest(f"context may hold at most {MAX_PASSAGES} passages, got {len(raw)}", param="context")
+    passages = []
+    seen: set[str | int] = set()
+    for index, item in enumerate(raw):
+        field = f"context[{index}]"
+        if isinstance(item, str):
+            passage = Passage(index, item)
+        elif isinstance(item, dict):
+            extra = set(item) - {"id", "text"}
+            if extra:
+                raise InvalidRequest(f"{field} has unknown fields: {', '.join(sorted(extra))}", param=field)
+            pid = item.get("id", index)
+            if isinstance(pid, bool) or not isinstance(pid, str | int):
+                raise InvalidRequest(f"{field}.id must be a string or an integer", param=field)
+            passage = Passage(pid, item.get("text"))  # type: ignore[arg-type]
+        else:
+            raise InvalidRequest(f"{field} must be a string or an object with id and text", param=field)
+        if not isinstance(passage.text, str) or not passage.text.strip():
+            raise InvalidRequest(f"{field} text must be a non-empty string", param=field)
+        if passage.id in seen:
+            raise InvalidRequest(f"{field}.id {passage.id!r} is used twice", param=field)
+        seen.add(passage.id)
+        passages.append(passage)
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidRequest("parameters must be a JSON object", param="parameters")
+    reject_unknown(params, RAG_PARAMETER_KEYS, "parameters")
+    adapters = body.get("adapters")
+    if adapters is not None and not isinstance(adapters, str):
+        raise InvalidRequest("adapters must be a string in a RAG request", param="adapters")
+    return RagRequest(
+        query=query,
+        passages=tuple(passages),
+        params=read_sampling(params, settings, "parameters."),
+        details=read_bool(params, "details", "parameters.details", False),
+        return_full_text=read_bool(params, "return_full_text", "parameters.return_full_text", False),
+        stream=read_bool(body, "stream", "stream", False),
+        adapter=adapters or None,
+    )
+
+
+def fill(template: str, context: str, query: str) -> str:
+    """Substitute both fields in one pass, so braces inside the caller's text stay as they are."""
+    return _FIELD.sub(lambda m: context if m.group(1) == "context" else query, template)
+
+
+def format_passage(passage: Passage) -> str:
+    return f"[{passage.id}] {passage.text.strip()}"
+
+
+def build_prompt(
+    tokenizer: Any, template: str, request: RagRequest, budget: int
+) -> tuple[list[int], list[str | int], list[str | int]]:
+    """Token ids of the prompt that fits ``budget`` tokens, the passage ids used and those dropped."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text).input_ids)
+
+    fixed = count(fill(template, "", request.query))
+    if fixed > budget:
+        raise ContextLengthExceeded(
+            f"the query and template take {fixed} tokens; with max_new_tokens {request.params.max_new_tokens} "
+            f"only {budget} fit in the model's context",
+            param="query",
+        )
+    used: list[Passage] = []
+    dropped: list[str | int] = []
+    remaining = budget - fixed
+    for passage in request.passages:
+        # +2 for the blank line that joins passages; exact counts are checked on the final prompt
+        cost = count(format_passage(passage)) + 2
+        if cost <= remaining:
+            used.append(passage)
+            remaining -= cost
+        else:
+            dropped.append(passage.id)
+    while True:
+        ids = tokenizer(fill(template, "\n\n".join(format_passage(p) for p in used), request.query)).input_ids
+        if len(ids) <= budget or not used:
+            break
+        dropped.insert(0, used.pop().id)  # tokenisation across joins can differ slightly: drop the last one
+    if not used:
+        raise ContextLengthExceeded(
+            f"no context passage fits: the budget after the query is {budget - fixed} tokens", param="context"
+        )
+    return list(ids), [p.id for p in used], sorted(dropped, key=lambda pid: _order(request.passages, pid))
+
+
+def _order(passages: Sequence[Passage], pid: str | int) -> int:
+    return next(i for i, p in enumerate(passages) if p.id == pid)

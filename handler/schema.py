@@ -1,0 +1,320 @@
+"""Request parsing and validation: raw body -> typed request. No torch here.
+
+Each request shape has its own parser and its own messages; ``parse_body`` dispatches by shape in one
+place: ``inputs``/``prompt`` -> generate, ``query`` -> RAG, ``messages`` -> chat, ``task`` -> info.
+Every message names the field and the bound, e.g. "parameters.max_new_tokens must be 1..1024, got 0".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .adapters import BASE_MODEL_ALIASES
+from .config import HandlerSettings
+from .errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+JSON_TYPES = ("application/json", "application/x-json", "text/json")
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 256
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens for one row; validated, with server caps applied."""
+
+    max_new_tokens: int = 30
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """``{"inputs": str | [str], "parameters": {...}, "adapters": ...}`` or the simple ``prompt`` shape."""
+
+    inputs: tuple[str, ...]
+    adapters: tuple[str | None, ...]
+    params: SamplingParams
+    is_list: bool = False
+    return_full_text: bool = False
+    details: bool = False
+    num_return_sequences: int = 1
+    stream: bool = False
+    kind: str = "generate"
+
+
+@dataclass(frozen=True)
+class InfoRequest:
+    """``{"task": "info"}``: describe the model, adapters and memory."""
+
+    kind: str = "info"
+    stream: bool = False
+
+
+# --- small typed readers: each names the field in its message -------------------------------------
+
+
+def read_int(obj: Mapping[str, Any], key: str, field: str, low: int, high: int, default: int) -> int:
+    value = obj.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise InvalidRequest(f"{field} must be an integer, got {value!r}", param=field)
+    if not low <= value <= high:
+        raise InvalidRequest(f"{field} must be {low}..{high}, got {value}", param=field)
+    return value
+
+
+def read_float(
+    obj: Mapping[str, Any], key: str, field: str, low: float, high: float, default: float, *, low_open: bool = False
+) -> float:
+    value = obj.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{field} must be a number, got {value!r}", param=field)
+    bad_low = value <= low if low_open else value < low
+    if bad_low or value > high:
+        bound = f"({low}, {high}]" if low_open else f"{low}..{high}"
+        raise InvalidRequest(f"{field} must be in {bound}, got {value}", param=field)
+    return float(value)
+
+
+def read_bool(obj: Mapping[str, Any], key: str, field: str, default: bool) -> bool:
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{field} must be true or false, got {value!r}", param=field)
+    return value
+
+
+def read_stop(obj: Mapping[str, Any], keys: tuple[str, ...], field_prefix: str) -> tuple[str, ...]:
+    present = [k for k in keys if obj.get(k) is not None]
+    if len(present) > 1:
+        raise InvalidRequest(f"give only one of {', '.join(field_prefix + k for k in present)}")
+    if not present:
+        return ()
+    field = field_prefix + present[0]
+    value = obj[present[0]]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise InvalidRequest(f"{field} must be a string or a list of strings", param=field)
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise InvalidRequest(f"{field} may hold at most {MAX_STOP_SEQUENCES} sequences, got {len(items)}", param=field)
+    for item in items:
+        if not 1 <= len(item) <= MAX_STOP_LENGTH:
+            raise InvalidRequest(f"{field} entries must be 1..{MAX_STOP_LENGTH} characters", param=field)
+    return tuple(items)
+
+
+def reject_unknown(obj: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(unknown)}; "
+            f"accepted: {', '.join(sorted(allowed))}",
+            param=unknown[0],
+        )
+
+
+def sampling_flag(do_sample: bool | None, temperature: float, top_p: float, top_k: int) -> bool:
+    """Explicit ``do_sample`` wins; otherwise any sampling knob turns sampling on (as TGI does)."""
+    if do_sample is not None:
+        return do_sample
+    return temperature > 0.0 and (temperature != 1.0 or top_p < 1.0 or top_k > 0)
+
+
+def read_adapter_field(value: Any, field: str, count: int) -> tuple[str | None, ...]:
+    """``adapters``: a name for every input, or one list entry per input; null or a base alias = base."""
+
+    def one(item: Any) -> str | None:
+        if item is None or item == "":
+            return None
+        if not isinstance(item, str):
+            raise InvalidRequest(f"{field} entries must be strings or null, got {item!r}", param=field)
+        return None if item in BASE_MODEL_ALIASES else item
+
+    if isinstance(value, list):
+        if len(value) != count:
+            raise InvalidRequest(
+                f"{field} has {len(value)} entries for {count} inputs; give one per input", param=field
+            )
+        return tuple(one(v) for v in value)
+    return (one(value),) * count
+
+
+# --- generate ---------------------------------------------------------------------------------------
+
+PARAMETER_KEYS = frozenset(
+    {"max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "repetition_penalty", "seed", "stop",
+     "stop_sequences", "return_full_text", "details", "num_return_sequences"}
+)
+GENERATE_KEYS = frozenset({"inputs", "parameters", "adapters", "stream"})
+SIMPLE_KEYS = frozenset({"prompt", "max_length", "max_new_tokens", "temperature", "top_p", "adapters", "stream"})
+
+
+def read_sampling(params: Mapping[str, Any], settings: HandlerSettings, prefix: str) -> SamplingParams:
+    """The sampling fields shared by every shape (``prefix`` is how the caller spells the container)."""
+    temperature = read_float(params, "temperature", f"{prefix}temperature", 0.0, 2.0, 1.0)
+    top_p = read_float(params, "top_p", f"{prefix}top_p", 0.0, 1.0, 1.0, low_open=True)
+    top_k = read_int(params, "top_k", f"{prefix}top_k", 0, 10_000, 0)
+    do_sample = params.get("do_sample")
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise InvalidRequest(f"{prefix}do_sample must be true or false, got {do_sample!r}", param=f"{prefix}do_sample")
+    return SamplingParams(
+        max_new_tokens=read_int(
+            params, "max_new_tokens", f"{prefix}max_new_tokens", 1, settings.max_new_tokens,
+            settings.default_max_new_tokens,
+        ),
+        do_sample=sampling_flag(do_sample, temperature, top_p, top_k),
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=read_float(
+            params, "repetition_penalty", f"{prefix}repetition_penalty", 0.0, 10.0, 1.0, low_open=True
+        ),
+        seed=None if params.get("seed") is None else read_int(params, "seed", f"{prefix}seed", 0, MAX_SEED, 0),
+        stop=read_stop(params, ("stop", "stop_sequences"), prefix),
+    )
+
+
+def read_prompts(value: Any, field: str, settings: HandlerSettings) -> tuple[tuple[str, ...], bool]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvalidRequest(f"{field} must not be empty", param=field)
+        return (value,), False
+    if isinstance(value, list):
+        if not value:
+            raise InvalidRequest(f"{field} must not be an empty list", param=field)
+        if len(value) > settings.max_inputs:
+            raise InvalidRequest(
+                f"{field} may hold at most {settings.max_inputs} prompts, got {len(value)}", param=field
+            )
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                raise InvalidRequest(f"{field}[{index}] must be a non-empty string", param=field)
+        return tuple(value), True
+    if value is None:
+        raise InvalidRequest(f"{field} is required", param=field)
+    raise InvalidRequest(f"{field} must be a string or a list of strings, got {type(value).__name__}", param=field)
+
+
+def parse_generate(body: Mapping[str, Any], settings: HandlerSettings) -> GenerateRequest:
+    reject_unknown(body, GENERATE_KEYS, "the request")
+    prompts, is_list = read_prompts(body.get("inputs"), "inputs", settings)
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidRequest("parameters must be a JSON object", param="parameters")
+    reject_unknown(params, PARAMETER_KEYS, "parameters")
+    sampling = read_sampling(params, settings, "parameters.")
+    return GenerateRequest(
+        inputs=prompts,
+        adapters=read_adapter_field(body.get("adapters"), "adapters", len(prompts)),
+        params=sampling,
+        is_list=is_list,
+        return_full_text=read_bool(params, "return_full_text", "parameters.return_full_text", False),
+        details=read_bool(params, "details", "parameters.details", False),
+        num_return_sequences=read_int(
+            params, "num_return_sequences", "parameters.num_return_sequences", 1, settings.max_return_sequences, 1
+        ),
+        stream=read_bool(body, "stream", "stream", False),
+    )
+
+
+def parse_simple(body: Mapping[str, Any], settings: HandlerSettings) -> GenerateRequest:
+    """``{"prompt", "max_length" | "max_new_tokens", "temperature", "top_p"}``; ``max_length`` counts new tokens."""
+    reject_unknown(body, SIMPLE_KEYS, "the request")
+    if not isinstance(body.get("prompt"), str):
+        raise InvalidRequest("prompt must be a string; send a list of prompts as inputs", param="prompt")
+    prompts, _ = read_prompts(body.get("prompt"), "prompt", settings)
+    length_key = "max_length" if body.get("max_length") is not None else "max_new_tokens"
+    if length_key == "max_length" and body.get("max_new_tokens") is not None:
+        raise InvalidRequest("give only one of max_length, max_new_tokens", param="max_length")
+    sampling = read_sampling({k: body[k] for k in ("temperature", "top_p") if k in body}, settings, "")
+    max_new = read_int(body, length_key, length_key, 1, settings.max_new_tokens, settings.default_max_new_tokens)
+    return GenerateRequest(
+        inputs=prompts,
+        adapters=read_adapter_field(body.get("adapters"), "adapters", 1),
+        params=replace(sampling, max_new_tokens=max_new),
+        stream=read_bool(body, "stream", "stream", False),
+    )
+
+
+def parse_info(body: Mapping[str, Any]) -> InfoRequest:
+    reject_unknown(body, frozenset({"task"}), "an info request")
+    if body.get("task") != "info":
+        raise InvalidRequest(f"task must be 'info', got {body.get('task')!r}", param="task")
+    return InfoRequest()
+
+
+# --- the body ---------------------------------------------------------------------------------------
+
+
+def decode_json(body: bytes | str | None, content_type: str | None, settings: HandlerSettings) -> dict[str, Any]:
+    """Check size and content type, then parse the body as a JSON object."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type and media_type not in JSON_TYPES and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type!r}")
+    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
+    if len(raw) > settings.max_payload_bytes:
+        raise PayloadTooLarge(f"request body is {len(raw)} bytes; the limit is {settings.max_payload_bytes}")
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; send a JSON object such as {\"inputs\": \"Hello\"}")
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise InvalidRequest("request body is not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno} column {err.colno}"
+        raise InvalidRequest(f"request body is not valid JSON: {err.msg} at {where}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"request body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse_body(data: Mapping[str, Any], settings: HandlerSettings) -> Any:
+    """Dispatch a decoded JSON object to the parser of its shape."""
+    from . import chat, rag  # shapes with their own modules
+
+    if "task" in data:
+        return parse_info(data)
+    if "messages" in data:
+        return chat.parse_chat(data, settings)
+    if "query" in data:
+        return rag.parse_rag(data, settings)
+    if "inputs" in data:
+        return parse_generate(data, settings)
+    if "prompt" in data:
+        return parse_simple(data, settings)
+    raise InvalidRequest(
+        "request must have one of: inputs (generate), prompt (simple generate), query (RAG), "
+        "messages (chat), task (info)"
+    )
+
+
+def with_adapter_header(request: Any, adapter: str | None) -> Any:
+    """Apply ``X-Amzn-SageMaker-Adapter-Identifier``: it names the adapter when the body names none."""
+    if not adapter:
+        return request
+    name = None if adapter in BASE_MODEL_ALIASES else adapter
+    if isinstance(request, GenerateRequest):
+        return replace(request, adapters=tuple(name if a is None else a for a in request.adapters))
+    if hasattr(request, "adapter") and request.adapter is None:
+        return replace(request, adapter=name)
+    return request

@@ -1,0 +1,85 @@
+"""Stand-in for ``djl_python.inputs.Input``."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_BATCH_KEY = re.compile(r"^batch_(\d+)[._](.*)$")
+
+
+class Input:
+    def __init__(self, properties: dict[str, str] | None = None, content: list[tuple[str, bytes]] | None = None):
+        self.properties: dict[str, str] = dict(properties or {})
+        self.content: list[tuple[str, bytes]] = list(content or [])
+
+    # --- what DJL offers -------------------------------------------------------------------------
+    def get_property(self, key: str) -> str | None:
+        return next((v for k, v in self.properties.items() if k.lower() == key.lower()), None)
+
+    def get_properties(self) -> dict[str, str]:
+        return self.properties
+
+    def get_as_bytes(self, key: str | None = None) -> bytes | None:
+        if not self.content:
+            return None
+        if key:
+            for k, v in self.content:
+                if k == key:
+                    return v
+            raise KeyError(f"requested data for key:{key} is not found!")
+        for k, v in self.content:
+            if k == "data":
+                return v
+        return self.content[0][1]
+
+    def get_as_string(self, key: str | None = None) -> str:
+        data = self.get_as_bytes(key)
+        assert data is not None
+        return data.decode("utf-8")
+
+    def get_as_json(self, key: str | None = None) -> Any:
+        return json.loads(self.get_as_string(key))
+
+    def is_empty(self) -> bool:
+        return not self.content
+
+    def is_batch(self) -> bool:
+        return "batch_size" in self.properties
+
+    def get_batch_size(self) -> int:
+        return int(self.properties.get("batch_size", "1"))
+
+    def get_batches(self) -> list[Input]:
+        if not self.is_batch():
+            return [self]
+        batch = [Input() for _ in range(self.get_batch_size())]
+        for key, value in self.properties.items():
+            match = _BATCH_KEY.match(key)
+            if match:
+                batch[int(match.group(1))].properties[match.group(2)] = value
+        for key, value in self.content:
+            match = _BATCH_KEY.match(key)
+            assert match, key
+            batch[int(match.group(1))].content.append((match.group(2), value))
+        return batch
+
+
+def request(body: bytes | str, **headers: str) -> Input:
+    """A request call as DJL sends it: headers as properties, the body as content key ``data``."""
+    data = body.encode() if isinstance(body, str) else body
+    props = {k.replace("_", "-"): v for k, v in headers.items()}
+    props.setdefault("requestId", "test-request")
+    return Input(props, [("data", data)])
+
+
+def batch(*items: Input) -> Input:
+    """Several requests in one call, keyed ``batch_{i}.<key>`` as DJL's PyPredictor does."""
+    out = Input({"batch_size": str(len(items))})
+    for i, item in enumerate(items):
+        for k, v in item.properties.items():
+            out.properties[f"batch_{i}.{k}"] = v
+        for k, v in item.content:
+            out.content.append((f"batch_{i}.{k}", v))
+    return out
