@@ -79,7 +79,8 @@ def _as_str_tuple(name: str, key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return tuple(value)
+        # peft writes these from a set: sort them so the same adapter always reads the same
+        return tuple(sorted(value))
     raise AdapterError(f"adapter {name!r}: {ADAPTER_CONFIG} field '{key}' must be a string or a list of strings")
 
 

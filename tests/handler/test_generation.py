@@ -12,9 +12,8 @@ from handler.config import HandlerSettings
 from handler.errors import ContextLengthExceeded, UnknownAdapter
 from handler.generation import EOS, LENGTH, STOP, TIME_LIMIT, Row, generate
 from handler.loading import load_model
-from handler.schema import SamplingParams
+from handler.schema import GenerateRequest, SamplingParams
 from handler.service import prepare, resolve_adapter, run
-from handler.schema import GenerateRequest
 
 GREEDY = SamplingParams(max_new_tokens=12)
 
@@ -75,7 +74,9 @@ def test_same_seed_gives_same_sampled_text_and_other_seeds_differ(loaded) -> Non
 def test_seeded_row_samples_the_same_inside_a_batch(loaded) -> None:
     params = SamplingParams(max_new_tokens=10, do_sample=True, temperature=0.8, seed=99)
     alone = solo(loaded, "Hello world", "beta", params)
-    batch = generate(loaded, [Row(ids(loaded, "The quick"), None, GREEDY), Row(ids(loaded, "Hello world"), "beta", params)])
+    batch = generate(
+        loaded, [Row(ids(loaded, "The quick"), None, GREEDY), Row(ids(loaded, "Hello world"), "beta", params)]
+    )
     assert batch[1].token_ids == alone.token_ids
 
 
@@ -102,7 +103,8 @@ def test_max_new_tokens_and_eos(loaded) -> None:
 def test_time_budget_stops_a_long_request_with_time_limit(loaded) -> None:
     started = time.monotonic()
     result = generate(
-        loaded, [Row(ids(loaded, "Hello"), "alpha", SamplingParams(max_new_tokens=200, do_sample=True, seed=1))],
+        loaded,
+        [Row(ids(loaded, "Hello"), "alpha", SamplingParams(max_new_tokens=200, do_sample=True, seed=1))],
         deadline=time.monotonic(),  # already due: the first step is also the last
     )[0]
     assert result.finish_reason == TIME_LIMIT
