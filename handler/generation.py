@@ -65,6 +65,19 @@ class _RowState:
         self.emitted = 0  # characters of self.text already handed out
         self.finish: str | None = None
         self.max_stop = max((len(s) for s in row.params.stop), default=0)
+        # Incremental detokenisation: decode only the ids from prefix_offset on (a little left context,
+        # so word-start spaces come out right) instead of the whole output at every step.
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def _detokenize(self, final: bool = False) -> None:
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        # A trailing U+FFFD is half a multi-byte character: wait for the rest before adding it.
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before) :]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
 
     def push(self, token_id: int, deadline_passed: bool) -> str:
         """Add a token; return the text that is now safe to emit."""
@@ -72,10 +85,8 @@ class _RowState:
             self.finish = EOS
             return self._flush()
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        # A trailing U+FFFD is half a multi-byte character: wait for the rest before emitting it.
-        text_ready = text[:-1] if text.endswith("\ufffd") else text
-        self.text = text
+        self._detokenize()
+        text = self.text
         if self.max_stop:
             window_start = max(0, self.emitted - self.max_stop)
             hits = [(text.find(stop, window_start), stop) for stop in self.row.params.stop]
@@ -90,8 +101,8 @@ class _RowState:
         if deadline_passed:
             self.finish = TIME_LIMIT
             return self._flush()
-        safe = len(text_ready) - self._held_back(text_ready)
-        out = text_ready[self.emitted : safe] if safe > self.emitted else ""
+        safe = len(text) - self._held_back(text)
+        out = text[self.emitted : safe] if safe > self.emitted else ""
         self.emitted = max(self.emitted, safe)
         return out
 
@@ -106,6 +117,8 @@ class _RowState:
         return longest
 
     def _flush(self) -> str:
+        if self.finish != STOP and self.read_offset < len(self.ids):
+            self._detokenize(final=True)  # the row ends: hand out bytes still waiting for a character
         out = self.text[self.emitted :]
         self.emitted = len(self.text)
         return out

@@ -134,3 +134,11 @@ def test_run_answers_each_request_and_keeps_errors_separate(loaded) -> None:
     assert isinstance(answers[1], UnknownAdapter)
     assert answers[0] == answers[2]
     assert answers[0]["details"]["finish_reason"] in (LENGTH, EOS)
+
+
+def test_incremental_text_equals_a_full_decode(loaded) -> None:
+    params = SamplingParams(max_new_tokens=60, do_sample=True, temperature=1.5, seed=11)  # wild bytes included
+    for adapter in (None, "alpha", "beta"):
+        result = solo(loaded, "Hello world", adapter, params)
+        ids = [t for t in result.token_ids if t != loaded.tokenizer.eos_token_id]
+        assert result.text == loaded.tokenizer.decode(ids, skip_special_tokens=True)
