@@ -1,0 +1,200 @@
+"""``lora-package`` / ``python -m model_package``: build (and upload) the model artifact.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, nothing written at the output path),
+1 anything else that went wrong (I/O, S3). The artifact path, or with ``--upload`` the ``s3://`` URI
+to use as model data, is the last line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from handler.adapters import AdapterError
+from handler.config import DTYPES, SettingsError
+from model_package.config import ARCHIVE_NAME, BuildOptions, PackageError, parse_s3_uri
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+DESCRIPTION = """\
+Build a validated, reproducible model artifact for the LMI (DJL Serving) container and the SageMaker
+inference toolkit: the handler, your LoRA adapters and (optionally) the base model, with a manifest
+of every file's sha256. Rebuilding from the same inputs gives byte-identical output.
+"""
+
+EPILOG = """\
+examples:
+  lora-package build --base-model ./llama-3-8b --adapter support=./out/support --adapter sql=./out/sql
+  lora-package build --base-model meta-llama/Llama-3.1-8B --adapter support=./out/support \\
+      --upload s3://my-bucket/models/support --kms-key-id alias/models
+  lora-package build --base-model ./llama-3-8b --adapter support=./out/support --merge --format dir \\
+      --output build/merged --upload s3://my-bucket/models/merged
+  lora-package extract model.tar.gz ./model   # safe extraction + manifest check
+
+exit codes: 0 built (and uploaded), 2 bad input (nothing written), 1 other failure (I/O, S3).
+"""
+
+
+def _adapter_arg(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep:  # a bare folder: named after it
+        return Path(value).name, Path(value)
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"--adapter must be NAME=PATH, got {value!r}")
+    return name, Path(path)
+
+
+def _s3_arg(value: str) -> str:
+    try:
+        parse_s3_uri(value)
+    except PackageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (``--help`` documents every option)."""
+    root = argparse.ArgumentParser(prog="lora-package", description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build = commands.add_parser("build", help="validate inputs and build model.tar.gz or a tree (see build --help)",
+                                description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    inputs = build.add_argument_group("inputs")
+    inputs.add_argument("--adapter", dest="adapters", action="append", type=_adapter_arg, default=[],
+                        metavar="NAME=PATH",
+                        help="a LoRA adapter folder (peft save_pretrained output) served as NAME; repeat for "
+                             "more. A bare PATH is named after its folder. Names: 1-64 of [A-Za-z0-9._-]")
+    inputs.add_argument("--base-model", required=True, metavar="REF",
+                        help="a local folder (bundled under base/ and checked against the adapters), an "
+                             "s3://bucket/prefix (downloaded by the endpoint at start) or a hub id such as "
+                             "org/name (fetched by the endpoint)")
+    inputs.add_argument("--merge", action="store_true",
+                        help="bake the single --adapter into the local base (peft merge_and_unload): one "
+                             "full model under base/, no adapters/, no LoRA overhead per request")
+    inputs.add_argument("--convert-pickle", action="store_true",
+                        help="convert pickle adapter weights (adapter_model.bin) to safetensors with "
+                             "torch.load(weights_only=True); without it they are refused")
+    inputs.add_argument("--allow-modules-to-save", action="store_true",
+                        help="accept adapters with modules_to_save (full module copies, e.g. lm_head); the "
+                             "bundled handler serves them, LMI's own LoRA backends do not")
+    inputs.add_argument("--allow-base-mismatch", action="store_true",
+                        help="accept adapters whose base_model_name_or_path names another model than "
+                             "--base-model (e.g. a renamed local copy)")
+
+    out = build.add_argument_group("output")
+    out.add_argument("--output", type=Path, default=None, metavar="PATH",
+                     help=f"where to write the artifact (default: {ARCHIVE_NAME}, or model/ with --format dir); "
+                          "built next to it and renamed into place only when complete")
+    out.add_argument("--format", choices=("tar", "dir"), default="tar",
+                     help="tar: one deterministic model.tar.gz (ModelDataUrl); dir: an uncompressed tree for "
+                          "an S3 prefix (ModelDataSource S3Prefix, what LMI recommends for large models). "
+                          "Default: tar")
+    out.add_argument("--compress-level", type=int, default=6, metavar="0-9",
+                     help="gzip level for --format tar (default 6, the level of gzip and tar -czf; 1 is "
+                          "several times faster on model weights for a slightly larger archive)")
+    out.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="threads for hashing and compression (default: one per CPU)")
+    out.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bars on stderr")
+
+    serving = build.add_argument_group("serving options (written to serving.properties)")
+    serving.add_argument("--dtype", choices=DTYPES, default="auto",
+                         help="weights dtype on the endpoint (option.dtype; default auto: the base's own)")
+    serving.add_argument("--batch-size", type=int, default=1, metavar="N",
+                         help="requests DJL gathers into one handler call (batch_size; default 1)")
+    serving.add_argument("--max-batch-delay", type=int, default=100, metavar="MS",
+                         help="milliseconds DJL waits to fill a batch (max_batch_delay; default 100)")
+    serving.add_argument("--max-new-tokens", type=int, default=1024, metavar="N",
+                         help="server-side cap on generated tokens per request (option.max_new_tokens; "
+                              "default 1024)")
+    serving.add_argument("--tensor-parallel-degree", type=int, default=1, metavar="N",
+                         help="GPUs the model is spread over (option.tensor_parallel_degree; default 1)")
+    serving.add_argument("--max-lora-rank", type=int, default=64, metavar="N",
+                         help="largest adapter rank accepted (option.max_lora_rank; default 64); adapters "
+                              "above it are refused")
+
+    upload = build.add_argument_group("upload")
+    upload.add_argument("--upload", type=_s3_arg, default=None, metavar="s3://BUCKET/PREFIX",
+                        help="upload to s3://BUCKET/PREFIX/<content hash>/ (model.tar.gz, or the tree) and "
+                             "print that URI last on stdout; skipped when the same hash is already there")
+    upload.add_argument("--kms-key-id", default=None, metavar="KEY",
+                        help="encrypt uploads with this KMS key (SSE-KMS: key id, ARN or alias)")
+    upload.add_argument("--multipart-chunk-mb", type=int, default=64, metavar="MB",
+                        help="multipart part size and threshold in MiB (default 64)")
+    upload.add_argument("--upload-concurrency", type=int, default=10, metavar="N",
+                        help="parallel part uploads per file (default 10)")
+
+    extract = commands.add_parser("extract", help="safely extract a model.tar.gz and check it against its manifest")
+    extract.add_argument("archive", type=Path, help="the model.tar.gz")
+    extract.add_argument("dest", type=Path, help="a new (or empty) folder")
+    return root
+
+
+def _build(args: argparse.Namespace) -> int:
+    from model_package.build import build
+    from model_package.upload import transfer_config, upload_artifact
+
+    default_output = Path(ARCHIVE_NAME if args.format == "tar" else "model")
+    options = BuildOptions(
+        base_model=args.base_model,
+        output=args.output or default_output,
+        adapters=tuple(args.adapters),
+        format=args.format,
+        merge=args.merge,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay,
+        max_new_tokens=args.max_new_tokens,
+        tensor_parallel_degree=args.tensor_parallel_degree,
+        max_lora_rank=args.max_lora_rank,
+        allow_modules_to_save=args.allow_modules_to_save,
+        allow_base_mismatch=args.allow_base_mismatch,
+        convert_pickle=args.convert_pickle,
+        compress_level=args.compress_level,
+        workers=args.workers,
+        progress=args.progress,
+    )
+    if not 5 <= args.multipart_chunk_mb <= 5120 or not 1 <= args.upload_concurrency <= 64:
+        raise PackageError("--multipart-chunk-mb must be 5..5120 and --upload-concurrency 1..64")
+    result = build(options)
+    print(f"built {result.path} ({result.format}, content hash {result.content_hash})", file=sys.stderr)
+    if not args.upload:
+        print(result.path)
+        return EXIT_OK
+    chunk = args.multipart_chunk_mb << 20
+    config = transfer_config(threshold=chunk, chunk_size=chunk, concurrency=args.upload_concurrency)
+    uri = upload_artifact(result.path, result.content_hash, args.upload, manifest=result.manifest,
+                          kms_key_id=args.kms_key_id, progress=args.progress, config=config)
+    print(uri)
+    return EXIT_OK
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from model_package.archive import safe_extract
+    from model_package.manifest import verify_tree
+
+    dest = safe_extract(args.archive, args.dest)
+    try:
+        verify_tree(dest)
+    except (ValueError, KeyError, OSError) as err:
+        raise PackageError(f"{args.archive}: extracted, but it does not match its manifest: {err}") from None
+    print(dest)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = parser().parse_args(argv)
+    try:
+        return _build(args) if args.command == "build" else _extract(args)
+    except (PackageError, AdapterError, SettingsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written at the output path", file=sys.stderr)
+        return 130
+    except Exception as err:  # I/O, S3: one line, not a traceback (set PYTHONDEVMODE for one)
+        print(f"failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED

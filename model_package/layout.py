@@ -1,0 +1,131 @@
+"""What goes where in the artifact, and the small files the packager writes itself.
+
+```
+model.py              DJL entry: makes handler/ importable, exposes handle + register_adapter
+serving.properties    engine=Python, custom entry point, no rolling batch, no async mode, options
+requirements.txt      for LMI (comment only: the image ships torch / transformers / peft)
+code/inference.py     SageMaker inference toolkit entry (model_fn / input_fn / predict_fn / output_fn)
+code/requirements.txt
+handler/              the handler package (*.py)
+adapters/<name>/      one folder per adapter
+base/                 the base model, when bundled (merged with the adapter under --merge)
+manifest.json         versions, base model, adapters, every file's size and sha256
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import handler
+from handler.config import HandlerSettings
+from model_package.config import BuildOptions, PackageError
+
+MANIFEST = "manifest.json"
+HANDLER_DIR = Path(next(iter(handler.__path__))).resolve()
+# DJL / LMI keys we write under ``option.``; every other option must be a HandlerSettings field.
+LMI_OPTIONS = frozenset({"entryPoint", "rolling_batch", "async_mode", "tensor_parallel_degree", "max_lora_rank"})
+
+MODEL_PY = '''\
+"""DJL Serving entry point, written by model_package: it makes handler/ importable, nothing more.
+
+DJL loads this file by path (the model dir is not on sys.path) and may run it several times.
+"""
+import os
+import sys
+
+_MODEL_DIR = os.path.dirname(os.path.abspath(__file__))
+if _MODEL_DIR not in sys.path:
+    sys.path.insert(0, _MODEL_DIR)
+
+from handler.entry import handle, register_adapter  # noqa: E402,F401
+'''
+
+INFERENCE_PY = '''\
+"""SageMaker inference toolkit entry point, written by model_package.
+
+The toolkit puts code/ on sys.path, not the model dir: add the parent so handler/ imports.
+"""
+import os
+import sys
+
+_MODEL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _MODEL_DIR not in sys.path:
+    sys.path.insert(0, _MODEL_DIR)
+
+from handler.entry import input_fn, model_fn, output_fn, predict_fn  # noqa: E402,F401
+'''
+
+REQUIREMENTS_TXT = """\
+# Installed by the container at start-up. Deliberately empty: the image ships torch, transformers
+# and peft, and a pin here would need network access from the endpoint.
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of the artifact: copied from ``source`` or written from ``data``."""
+
+    arcname: str
+    source: Path | None = None
+    data: bytes | None = None
+
+
+def handler_files() -> list[Entry]:
+    """Every ``*.py`` of the handler package (no caches, no tests)."""
+    files = sorted(p for p in HANDLER_DIR.rglob("*.py") if "__pycache__" not in p.parts)
+    return [Entry(f"handler/{p.relative_to(HANDLER_DIR).as_posix()}", source=p) for p in files]
+
+
+def handler_options(options: BuildOptions, base_reference: str | None) -> dict[str, str]:
+    """The ``option.*`` values that configure ``HandlerSettings`` (checked against its fields)."""
+    values = {
+        "dtype": options.dtype,
+        "max_new_tokens": str(options.max_new_tokens),
+    }
+    if base_reference:
+        values["base_model"] = base_reference
+    fields = {field.name for field in dataclasses.fields(HandlerSettings)}
+    unknown = sorted(set(values) - fields)
+    if unknown:  # a programming error, not bad input: the handler would ignore these silently
+        raise PackageError(f"serving.properties: options not known to HandlerSettings: {unknown}")
+    return values
+
+
+def serving_properties(options: BuildOptions, base_reference: str | None) -> str:
+    """``serving.properties`` pinning the custom synchronous handler and our settings."""
+    lines = [
+        "# Written by model_package. DJL / LMI settings, then the handler's (HandlerSettings fields).",
+        "engine=Python",
+        f"batch_size={options.batch_size}",
+        f"max_batch_delay={options.max_batch_delay_ms}",
+    ]
+    lmi = {
+        "entryPoint": "model.py",
+        "rolling_batch": "disable",
+        "async_mode": "false",
+        "tensor_parallel_degree": str(options.tensor_parallel_degree),
+        "max_lora_rank": str(options.max_lora_rank),
+    }
+    assert set(lmi) <= LMI_OPTIONS
+    lines += [f"option.{key}={value}" for key, value in lmi.items()]
+    lines += [f"option.{key}={value}" for key, value in sorted(handler_options(options, base_reference).items())]
+    return "\n".join(lines) + "\n"
+
+
+def generated_files(options: BuildOptions, base_reference: str | None) -> list[Entry]:
+    """The files the packager writes itself (everything but handler/, adapters/, base/, manifest)."""
+    return [
+        Entry("model.py", data=MODEL_PY.encode()),
+        Entry("serving.properties", data=serving_properties(options, base_reference).encode()),
+        Entry("requirements.txt", data=REQUIREMENTS_TXT.encode()),
+        Entry("code/inference.py", data=INFERENCE_PY.encode()),
+        Entry("code/requirements.txt", data=REQUIREMENTS_TXT.encode()),
+    ]
+
+
+def folder_entries(prefix: str, source: Path, files: tuple[str, ...]) -> list[Entry]:
+    """``files`` (relative POSIX paths under ``source``) placed under ``prefix/``."""
+    return [Entry(f"{prefix}/{name}", source=source / name) for name in files]
