@@ -32,5 +32,14 @@ typecheck: lint
 demo: venv
 	@echo "make demo: not yet - the end-to-end demo lands with the local endpoint issue."
 
+bench: venv
+	$(PY) scripts/bench.py
+
 clean:
 	rm -rf .venv cdk.out .pytest_cache .mypy_cache .ruff_cache
+
+# Synthesize the CDK app offline (no AWS credentials): cdk.out/LoraEndpoint.template.json, checked by cdk-nag.
+# Context keys: see README "Deploy to AWS"; pass them with `npx cdk synth -c key=value`.
+synth:
+	@test -x $(PY) || { echo "no .venv: run 'make venv' first"; exit 1; }
+	CDK_OUTDIR=cdk.out $(PY) -m cdk.app

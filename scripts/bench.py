@@ -1,0 +1,445 @@
+"""Serving benchmark: handler overhead, batching throughput, mixed adapters, merged weights, cold start.
+
+Builds a small Llama-shaped model locally (big enough that matrix work dominates Python overhead on
+a 2-core CPU), measures every figure side by side in one run, prints a table and writes it to
+docs/benchmarks.md with the command and the machine. A script, not a test: it asserts nothing.
+
+    python scripts/bench.py                 # CPU, default sizes (a few minutes on 2 cores)
+    python scripts/bench.py --device cuda   # the same on a GPU
+    python scripts/bench.py --quick         # smaller, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from handler.config import HandlerSettings  # noqa: E402
+from handler.loading import LoadedModel, load_model  # noqa: E402
+from handler.schema import GenerateRequest, SamplingParams  # noqa: E402
+from handler.service import run  # noqa: E402
+from scripts.tiny_model import TinyModelConfig, build_lora_adapter, build_tiny_model  # noqa: E402
+
+BENCH_BEGIN, BENCH_END = "<!-- bench:serving -->", "<!-- /bench:serving -->"
+PROMPTS = ["The quick brown fox", "A LoRA adapter adds", "SageMaker endpoints serve", "Hello world, this is"]
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Median wall time of ``repeat`` calls after one warm-up, and the last result."""
+    result = fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def build_models(work: Path, config: TinyModelConfig, adapters: int) -> dict[str, Path]:
+    """base-only, four-adapter and one-adapter model dirs over one shared base."""
+    base = build_tiny_model(work / "base", config)
+    dirs = {"base": work / "m-base", "multi": work / "m-multi", "single": work / "m-single"}
+    for path in dirs.values():
+        (path / "adapters").mkdir(parents=True)
+    for index in range(adapters):
+        build_lora_adapter(
+            base,
+            dirs["multi"] / "adapters" / f"a{index}",
+            seed=index,
+            r=16,
+            alpha=32,
+            scale=0.5,
+            target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+        )
+    build_lora_adapter(
+        base,
+        dirs["single"] / "adapters" / "a0",
+        seed=0,
+        r=16,
+        alpha=32,
+        scale=0.5,
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+    )
+    dirs["base_path"] = base
+    return dirs
+
+
+def request(lm: LoadedModel, prompts: list[str], adapters: list[str | None], new_tokens: int) -> GenerateRequest:
+    return GenerateRequest(
+        inputs=tuple(prompts), adapters=tuple(adapters), is_list=True, params=SamplingParams(max_new_tokens=new_tokens)
+    )
+
+
+def tokens_of(answers: list[Any]) -> int:
+    return sum(item["details"]["generated_tokens"] for answer in answers for item in answer)
+
+
+def bench_overhead(base_lm: LoadedModel, new_tokens: int, repeat: int) -> dict[str, float]:
+    """The handler's path (``service.run``, what predict_fn and handle() call) vs a bare ``model.generate``
+    on the same inputs, greedy, batch 1. Compared per generated token: either side may stop at EOS."""
+    import torch
+
+    prompt = PROMPTS[0]
+    ids = base_lm.tokenizer(prompt, return_tensors="pt").input_ids.to(base_lm.device)
+
+    def bare() -> int:
+        with torch.inference_mode():
+            out = base_lm.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=base_lm.tokenizer.pad_token_id,
+            )
+        return int(out.shape[1] - ids.shape[1])
+
+    bare_s, bare_tokens = timed(bare, repeat)
+    handler_s, answers = timed(lambda: run(base_lm, [request(base_lm, [prompt], [None], new_tokens)]), repeat)
+    handler_tokens = tokens_of(answers)
+    per_bare, per_handler = bare_s / bare_tokens, handler_s / handler_tokens
+    return {
+        "bare_generate_s": bare_s,
+        "handler_s": handler_s,
+        "bare_tokens": bare_tokens,
+        "handler_tokens": handler_tokens,
+        "overhead_pct": 100 * (per_handler / per_bare - 1),
+    }
+
+
+def bench_mixed(multi: LoadedModel, rows: int, new_tokens: int, repeat: int) -> dict[str, float]:
+    """One batch of ``rows`` rows: all on adapter a0 vs spread over four adapters."""
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(rows)]
+    names = sorted(multi.adapters)
+    single_s, single = timed(lambda: run(multi, [request(multi, prompts, ["a0"] * rows, new_tokens)]), repeat)
+    mixed_s, mixed = timed(
+        lambda: run(multi, [request(multi, prompts, [names[i % len(names)] for i in range(rows)], new_tokens)]), repeat
+    )
+    single_tps, mixed_tps = tokens_of(single) / single_s, tokens_of(mixed) / mixed_s
+    return {"single_adapter_tok_s": single_tps, "mixed_adapter_tok_s": mixed_tps, "ratio": mixed_tps / single_tps}
+
+
+def bench_merged(dirs: dict[str, Path], settings: HandlerSettings, new_tokens: int, repeat: int) -> dict[str, float]:
+    """Latency of one request: base model, adapter unmerged (peft), adapter merged into the weights."""
+    base_path = str(dirs["base_path"])
+    out: dict[str, float] = {}
+    for label, path, merge, adapter in (
+        ("base", dirs["base"], False, None),
+        ("unmerged", dirs["single"], False, "a0"),
+        ("merged", dirs["single"], True, None),
+    ):
+        lm = load_model(path, HandlerSettings(**{**settings.__dict__, "base_model": base_path, "merge": merge}))
+        one = request(lm, [PROMPTS[1]], [adapter], new_tokens)
+        out[f"{label}_s"], _ = timed(functools.partial(run, lm, [one]), repeat)
+        del lm
+    out["merged_vs_base_pct"] = 100 * (out["merged_s"] / out["base_s"] - 1)
+    out["unmerged_vs_base_pct"] = 100 * (out["unmerged_s"] / out["base_s"] - 1)
+    return out
+
+
+def bench_cold_start(dirs: dict[str, Path], settings: HandlerSettings) -> dict[str, float]:
+    """model_fn-equivalent load (base + 4 adapters) vs raw from_pretrained + PeftModel loading."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from handler.loading import dtype_kwarg
+
+    base_path = str(dirs["base_path"])
+    start = time.perf_counter()
+    lm = load_model(dirs["multi"], HandlerSettings(**{**settings.__dict__, "base_model": base_path}))
+    handler_s = time.perf_counter() - start
+    device = lm.device
+    del lm
+    start = time.perf_counter()
+    AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_path, **dtype_kwarg(torch.float32 if device.type == "cpu" else torch.bfloat16)
+    ).to(device)
+    names = sorted(p.name for p in (dirs["multi"] / "adapters").iterdir())
+    peft_model = PeftModel.from_pretrained(model, str(dirs["multi"] / "adapters" / names[0]), adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.load_adapter(str(dirs["multi"] / "adapters" / name), adapter_name=name)
+    raw_s = time.perf_counter() - start
+    return {"model_fn_s": handler_s, "raw_load_s": raw_s}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_endpoint(
+    model_dir: Path,
+    settings_env: dict[str, str],
+    clients: list[int],
+    per_client: int,
+    new_tokens: int,
+    batch_size: int,
+    delay_ms: int,
+) -> dict[str, Any]:
+    """Throughput and latency through the local endpoint at several client counts."""
+    import httpx
+
+    serve = ROOT / "scripts" / "serve_local.py"
+    if not serve.exists():
+        return {"skipped": "scripts/serve_local.py is not in this checkout"}
+    results: dict[str, Any] = {}
+    for label, size in (("sequential", 1), ("batched", batch_size)):
+        port = _free_port()
+        cmd = [
+            sys.executable,
+            str(serve),
+            str(model_dir),
+            "--port",
+            str(port),
+            "--batch-size",
+            str(size),
+            "--max-batch-delay-ms",
+            str(delay_ms if size > 1 else 0),
+        ]
+        proc = subprocess.Popen(
+            cmd, env={**os.environ, **settings_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None:
+                    return {"skipped": f"serve_local exited with {proc.returncode}"}
+                time.sleep(0.5)
+            for count in clients if size > 1 else [1]:
+                results[f"{label}_{count}"] = _drive(
+                    url, count, per_client if count > 1 else per_client * 2, new_tokens
+                )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    return results
+
+
+def _drive(url: str, clients: int, per_client: int, new_tokens: int) -> dict[str, float]:
+    import httpx
+
+    latencies: list[float] = []
+    tokens = [0]
+    errors = [0]
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=300) as http:
+            for j in range(per_client):
+                body = {"inputs": PROMPTS[(index + j) % len(PROMPTS)], "parameters": {"max_new_tokens": new_tokens}}
+                start = time.perf_counter()
+                response = http.post(f"{url}/invocations", json=body)
+                elapsed = time.perf_counter() - start
+                with lock:
+                    if response.status_code != 200:
+                        errors[0] += 1
+                        continue
+                    latencies.append(elapsed)
+                    tokens[0] += response.json()["details"]["generated_tokens"]
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors[0],
+        "tok_s": tokens[0] / wall,
+        "p50_s": statistics.median(latencies) if latencies else float("nan"),
+        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
+    }
+
+
+def render(figures: dict[str, Any], command: str, machine: str) -> str:
+    o, m, g, c, e = (figures[k] for k in ("overhead", "mixed", "merged", "cold_start", "endpoint"))
+    lines = [
+        BENCH_BEGIN,
+        "## Serving (scripts/bench.py)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine}  ",
+        f"Model: {figures['model']}",
+        "",
+        "| figure | measured | target |",
+        "| --- | --- | --- |",
+        f"| handler overhead: `run()` vs bare `generate` (batch 1, {figures['new_tokens']} tokens) | "
+        f"{o['handler_s'] * 1000:.0f} ms vs {o['bare_generate_s'] * 1000:.0f} ms = {o['overhead_pct']:+.1f}% | <= 5% |",
+        f"| mixed-adapter batch (4 adapters) vs single-adapter batch, {figures['rows']} rows | "
+        f"{m['mixed_adapter_tok_s']:.0f} vs {m['single_adapter_tok_s']:.0f} tok/s = {m['ratio']:.2f}x | >= 0.8x |",
+        f"| merged single adapter vs base latency | {g['merged_s'] * 1000:.0f} ms vs {g['base_s'] * 1000:.0f} ms "
+        f"= {g['merged_vs_base_pct']:+.1f}% | within 3% |",
+        f"| unmerged (peft) single adapter vs base latency | {g['unmerged_s'] * 1000:.0f} ms "
+        f"= {g['unmerged_vs_base_pct']:+.1f}% | measured |",
+        f"| cold start: handler load vs raw `from_pretrained` + `PeftModel` (4 adapters) | "
+        f"{c['model_fn_s']:.2f} s vs {c['raw_load_s']:.2f} s | measured |",
+    ]
+    if "skipped" in e:
+        lines.append(f"| local endpoint throughput | skipped: {e['skipped']} | |")
+    else:
+        seq = e["sequential_1"]
+        for key in sorted((k for k in e if k.startswith("batched_")), key=lambda k: int(k.split("_")[1])):
+            r = e[key]
+            lines.append(
+                f"| local endpoint, {r['clients']} clients (batch {figures['batch_size']}) vs sequential | "
+                f"{r['tok_s']:.0f} vs {seq['tok_s']:.0f} tok/s = {r['tok_s'] / seq['tok_s']:.1f}x; "
+                f"p50 {r['p50_s']:.2f} s ({r['p50_s'] / seq['p50_s']:.1f}x single), p99 {r['p99_s']:.2f} s, "
+                f"{r['errors']} errors | 16 clients: >= 6x tok/s, p50 <= 3x |"
+            )
+    lines += ["", "Raw figures:", "", "```json", json.dumps(figures, indent=1, sort_keys=True), "```", BENCH_END]
+    return "\n".join(lines)
+
+
+def write_doc(section: str, path: Path) -> None:
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmarks\n\nEvery figure here was written by the command shown with it.\n"
+    )
+    if BENCH_BEGIN in text and BENCH_END in text:
+        head, rest = text.split(BENCH_BEGIN, 1)
+        text = head + section + rest.split(BENCH_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small model and counts (smoke run; figures not written)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per request")
+    parser.add_argument("--rows", type=int, default=16, help="rows in the mixed-adapter batch")
+    parser.add_argument("--clients", default="1,4,8,16", help="client counts for the endpoint run")
+    parser.add_argument("--batch-size", type=int, default=16, help="local endpoint batch size")
+    parser.add_argument("--max-batch-delay-ms", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    config = (
+        TinyModelConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            initializer_range=0.02,
+        )
+        if args.quick
+        else TinyModelConfig(
+            hidden_size=512,
+            intermediate_size=1408,
+            num_hidden_layers=6,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+            initializer_range=0.02,
+        )
+    )
+    settings = HandlerSettings(
+        device=args.device,
+        max_new_tokens=max(args.new_tokens, 64),
+        default_max_new_tokens=min(30, args.new_tokens),
+        time_budget_s=0,
+    )
+    figures: dict[str, Any] = {"new_tokens": args.new_tokens, "rows": args.rows, "batch_size": args.batch_size}
+    with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
+        dirs = build_models(Path(tmp), config, adapters=4)
+        params = sum(
+            p.numel()
+            for p in load_model(
+                dirs["base"], HandlerSettings(**{**settings.__dict__, "base_model": str(dirs["base_path"])})
+            ).model.parameters()
+        )
+        figures["model"] = (
+            f"Llama hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
+            f"{params / 1e6:.1f}M parameters, LoRA r=16 on q/k/v/o, float32"
+            if args.device == "cpu"
+            else f"{params / 1e6:.1f}M parameters on CUDA"
+        )
+        print(f"model: {figures['model']}", flush=True)
+        base_lm = load_model(
+            dirs["base"], HandlerSettings(**{**settings.__dict__, "base_model": str(dirs["base_path"])})
+        )
+        figures["overhead"] = bench_overhead(base_lm, args.new_tokens, args.repeat)
+        print("overhead", figures["overhead"], flush=True)
+        del base_lm
+        multi = load_model(
+            dirs["multi"], HandlerSettings(**{**settings.__dict__, "base_model": str(dirs["base_path"])})
+        )
+        figures["mixed"] = bench_mixed(multi, args.rows, args.new_tokens, args.repeat)
+        print("mixed", figures["mixed"], flush=True)
+        del multi
+        figures["merged"] = bench_merged(dirs, settings, args.new_tokens, args.repeat)
+        print("merged", figures["merged"], flush=True)
+        figures["cold_start"] = bench_cold_start(dirs, settings)
+        print("cold start", figures["cold_start"], flush=True)
+        env = {
+            "LORA_BASE_MODEL": str(dirs["base_path"]),
+            "LORA_DEVICE": args.device,
+            "LORA_MAX_NEW_TOKENS": str(settings.max_new_tokens),
+            "LORA_TIME_BUDGET_S": "0",
+            "LORA_MAX_BATCH_ROWS": str(max(args.batch_size, 16)),
+        }
+        figures["endpoint"] = bench_endpoint(
+            dirs["base"],
+            env,
+            [int(c) for c in args.clients.split(",")],
+            per_client=3 if not args.quick else 1,
+            new_tokens=args.new_tokens,
+            batch_size=args.batch_size,
+            delay_ms=args.max_batch_delay_ms,
+        )
+        print("endpoint", figures["endpoint"], flush=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, device {args.device}" + (
+        f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""
+    )
+    command = "python scripts/bench.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    section = render(figures, command.strip(), machine)
+    print(section)
+    if not (args.quick or args.no_write):
+        write_doc(section, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
