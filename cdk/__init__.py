@@ -1,0 +1,1 @@
+"""AWS CDK app for the LoRA endpoint: app.py reads context, stack.py composes, components/ builds."""

@@ -1,0 +1,189 @@
+"""What the API says on the wire: request schemas, mapping templates and the error-status table.
+
+Error mapping (SageMaker runtime -> caller), applied by integration responses selected on the runtime's
+HTTP status:
+
+| runtime answer                               | caller gets                                        |
+| -------------------------------------------- | -------------------------------------------------- |
+| 200                                          | 200, container body unchanged                      |
+| 424 ``ModelError`` (container said non-2xx)  | the container's status (400/404/406/413/415/422/   |
+|                                              | 429/500/503; 507 CUDA OOM -> 503; other -> 500)    |
+|                                              | and its JSON error body (``OriginalMessage``)      |
+| 400 throttling (empty or "Throttl" message)  | 429 ``throttled``                                  |
+| 400 other ``ValidationError``                | 400 ``invalid_request``                            |
+| 429 ``ModelNotReadyException``               | 429 ``model_not_ready``                            |
+| 503 ``ServiceUnavailable``                   | 503 ``service_unavailable``                        |
+| 401/403 (integration role), other 5xx        | 502 ``bad_gateway``                                |
+
+API Gateway's own errors (schema validation, auth, throttling, timeouts) get the same JSON error shape
+through gateway responses. A container body that is not JSON is never echoed: callers get a generic one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+ERROR_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["code", "type", "message"],
+    "properties": {
+        "code": {"type": "integer"},
+        "type": {"type": "string"},
+        "message": {"type": "string"},
+        "error": {"type": "object"},
+    },
+}
+
+_STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]}
+_NO_STREAM = {"type": "boolean", "enum": [False]}  # no response streaming through an AWS integration
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+
+REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Generate": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "inputs": {"anyOf": [{"type": "string", "minLength": 1}, {**_STRINGS, "minItems": 1}]},
+            "parameters": {"type": "object"},
+            "adapters": {"anyOf": [{"type": "string"}, _STRINGS]},
+            "stream": _NO_STREAM,
+        },
+    },
+    "Rag": {
+        "type": "object",
+        "required": ["query", "context"],
+        "properties": {
+            "query": {"type": "string", "minLength": 1},
+            "context": _STRINGS,
+            "parameters": {"type": "object"},
+            "adapters": {"anyOf": [{"type": "string"}, _STRINGS]},
+            "stream": _NO_STREAM,
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {
+            "model": {"type": "string"},
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                        "content": {"anyOf": [{"type": "string"}, {"type": "array"}]},
+                    },
+                },
+            },
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "max_completion_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "n": {"type": "integer", "minimum": 1},
+            "seed": {"type": "integer"},
+            "stop": _STOP,
+            "stream": _NO_STREAM,
+        },
+    },
+    "Invocation": {"type": "object"},
+}
+
+RUNTIME_ERROR_MAP: dict[str, tuple[str, str]] = {
+    # selection pattern on the runtime's status -> (method response status, VTL template key)
+    "424": ("500", "model_error"),
+    "400": ("400", "runtime_400"),
+    "429": ("429", "model_not_ready"),
+    "503": ("503", "service_unavailable"),
+    "40[13]|5(0[0-24-9]|[1-9][0-9])": ("502", "bad_gateway"),
+}
+
+PASSTHROUGH_CONTAINER_STATUSES = (400, 404, 406, 413, 415, 422, 429, 500, 503)
+
+METHOD_RESPONSE_STATUSES = ("200", "400", "404", "406", "413", "415", "422", "429", "500", "502", "503", "504")
+
+
+def error_json(status: int | str, error_type: str, message: str) -> str:
+    """The project's error body; ``message`` is literal text (no VTL)."""
+    body = {"code": int(status), "type": error_type, "message": message,
+            "error": {"type": error_type, "message": message}}
+    return json.dumps(body)
+
+
+_MODEL_ERROR = (
+    "#set($original = \"$input.path('$.OriginalStatusCode')\")\n"
+    "#set($message = \"$!input.path('$.OriginalMessage')\")\n"
+    "#set($status = 500)\n"
+    f"#foreach($code in [{', '.join(str(c) for c in PASSTHROUGH_CONTAINER_STATUSES)}])"
+    "#if(\"$code\" == $original)#set($status = $code)#end#end\n"
+    "#if($original == \"507\")#set($status = 503)#end\n"
+    "#set($context.responseOverride.status = $status)\n"
+    "#if($message.trim().startsWith(\"{\"))$message#else"
+    '{"code": $status, "type": "model_error", "message": "the model server failed to answer", '
+    '"error": {"type": "model_error", "message": "the model server failed to answer"}}#end'
+)
+
+_RUNTIME_400 = (
+    "#set($message = \"$!input.path('$.message')$!input.path('$.Message')\")\n"
+    "#if($message == \"\" || $message.contains(\"hrottl\"))\n"
+    "#set($context.responseOverride.status = 429)\n"
+    + error_json(429, "throttled", "the endpoint is at capacity; retry with backoff")
+    + "\n#else\n"
+    + error_json(400, "invalid_request", "the model runtime rejected the request (size or format)")
+    + "\n#end"
+)
+
+RESPONSE_TEMPLATES: dict[str, str] = {
+    "model_error": _MODEL_ERROR,
+    "runtime_400": _RUNTIME_400,
+    "model_not_ready": error_json(429, "model_not_ready", "the model is not ready yet; retry with backoff"),
+    "service_unavailable": error_json(503, "service_unavailable", "the model runtime is unavailable; retry"),
+    "bad_gateway": error_json(502, "bad_gateway", "the gateway could not reach the model"),
+}
+
+HEALTH_TEMPLATE = (
+    "#set($status = \"$!input.path('$.EndpointStatus')\")\n"
+    "#set($instances = \"$!input.path('$.ProductionVariants[0].CurrentInstanceCount')\")\n"
+    "#if($instances == \"\")#set($instances = 0)#end\n"
+    "#if($status != \"InService\")#set($context.responseOverride.status = 503)#end\n"
+    '{"status": "$status", "healthy": #if($status == "InService")true#{else}false#end, '
+    "\"endpoint\": \"$!input.path('$.EndpointName')\", "
+    '"instances": $instances}'
+)
+HEALTH_UNKNOWN = '{"status": "Unknown", "healthy": false}'
+
+DESCRIBE_ENDPOINT_TEMPLATE = '{"EndpointName": "%s"}'
+INFO_REQUEST_TEMPLATE = '{"task": "info"}'
+PASSTHROUGH_REQUEST_TEMPLATE = "$input.body"
+
+# API Gateway's own errors: response type -> (status, machine type).
+GATEWAY_ERRORS: dict[str, tuple[str, str]] = {
+    "BAD_REQUEST_BODY": ("400", "invalid_request"),
+    "BAD_REQUEST_PARAMETERS": ("400", "invalid_request"),
+    "UNSUPPORTED_MEDIA_TYPE": ("415", "unsupported_media_type"),
+    "REQUEST_TOO_LARGE": ("413", "payload_too_large"),
+    "ACCESS_DENIED": ("403", "access_denied"),
+    "MISSING_AUTHENTICATION_TOKEN": ("403", "missing_authentication"),
+    "INVALID_SIGNATURE": ("403", "invalid_signature"),
+    "EXPIRED_TOKEN": ("403", "expired_token"),
+    "INVALID_API_KEY": ("403", "invalid_api_key"),
+    "THROTTLED": ("429", "throttled"),
+    "QUOTA_EXCEEDED": ("429", "quota_exceeded"),
+    "INTEGRATION_TIMEOUT": ("504", "timeout"),
+    "DEFAULT_5XX": ("502", "gateway_error"),
+}
+
+
+def gateway_error_template(status: str, error_type: str) -> str:
+    """Gateway-response body in the project's error shape; schema errors carry the validator's text."""
+    message = (
+        "\"$util.escapeJavaScript($context.error.validationErrorString).replaceAll(\"\\\\'\", \"'\")\""
+        if error_type == "invalid_request"
+        else "$context.error.messageString"
+    )
+    return (
+        f'{{"code": {status}, "type": "{error_type}", "message": {message}, '
+        f'"error": {{"type": "{error_type}", "message": {message}}}}}'
+    )

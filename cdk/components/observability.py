@@ -1,0 +1,198 @@
+"""Alarms, the alert topic and the operations dashboard.
+
+Treat-missing-data, on purpose:
+- request-driven metrics (error rates, latencies, setup time) are only published when there is traffic,
+  so a gap means "no requests", not trouble: ``NOT_BREACHING``;
+- instance metrics (CPU, memory, GPU memory, disk) are published every minute while instances run; a gap
+  means the endpoint is being replaced or is gone, which the deployment and the 5XX alarm already cover:
+  ``IGNORE`` keeps the last state instead of flapping during blue/green swaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subs
+from constructs import Construct
+
+from cdk.settings import AlarmSettings, instance_gpus, instance_vcpus
+
+PERIOD = Duration.minutes(5)
+SAGEMAKER = "AWS/SageMaker"
+INSTANCE_NS = "/aws/sagemaker/Endpoints"
+NOT_BREACHING = cw.TreatMissingData.NOT_BREACHING
+IGNORE = cw.TreatMissingData.IGNORE
+
+
+class AlertTopic(Construct):
+    """SNS topic for alarms: TLS-only, encrypted with its own rotating key, optional e-mail subscription."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, email: str) -> None:
+        super().__init__(scope, construct_id)
+        # CloudWatch cannot publish to a topic encrypted with the AWS managed aws/sns key: use our own.
+        self.key = kms.Key(self, "Key", enable_key_rotation=True, description="Encrypts the alarm topic")
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                resources=["*"],
+            )
+        )
+        self.topic = sns.Topic(self, "Topic", master_key=self.key, enforce_ssl=True)
+        if email:
+            self.topic.add_subscription(subs.EmailSubscription(email))
+
+
+@dataclass(frozen=True)
+class _Spec:
+    key: str
+    description: str
+    metric: cw.IMetric
+    threshold: float
+    missing: cw.TreatMissingData
+
+
+def _metric(namespace: str, name: str, dims: dict[str, str], statistic: str) -> cw.Metric:
+    return cw.Metric(namespace=namespace, metric_name=name, dimensions_map=dims, statistic=statistic, period=PERIOD)
+
+
+def _rate(errors: cw.IMetric, total: cw.IMetric, label: str, name: str) -> cw.MathExpression:
+    """``errors`` as a percentage of ``total``; ``name`` keeps ids unique when graphs share expressions."""
+    return cw.MathExpression(
+        expression=f"IF({name}_total > 0, 100 * {name}_errors / {name}_total, 0)",
+        using_metrics={f"{name}_errors": errors, f"{name}_total": total},
+        label=label,
+        period=PERIOD,
+    )
+
+
+class EndpointAlarms(Construct):
+    """Alarms on the endpoint's invocation and instance metrics; ``rollback_alarms`` guard deployments."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: AlarmSettings,
+        endpoint_name: str,
+        variant_name: str,
+        instance_type: str,
+        topic: sns.ITopic,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        dims = {"EndpointName": endpoint_name, "VariantName": variant_name}
+        invocations = _metric(SAGEMAKER, "Invocations", dims, "Sum")
+        self.metrics: dict[str, cw.IMetric] = {
+            "invocations": invocations,
+            "model_latency": _metric(SAGEMAKER, "ModelLatency", dims, "p90"),
+            "overhead_latency": _metric(SAGEMAKER, "OverheadLatency", dims, "p90"),
+            "gpu_utilization": _metric(INSTANCE_NS, "GPUUtilization", dims, "Average"),
+        }
+        specs = [
+            _Spec("error_5xx_rate", f"Invocation 5XX errors above {settings.error_5xx_rate_pct}% of requests",
+                  _rate(_metric(SAGEMAKER, "Invocation5XXErrors", dims, "Sum"), invocations, "5XX %", "ep5xx"),
+                  settings.error_5xx_rate_pct, NOT_BREACHING),
+            _Spec("error_4xx_rate", f"Invocation 4XX errors above {settings.error_4xx_rate_pct}% of requests",
+                  _rate(_metric(SAGEMAKER, "Invocation4XXErrors", dims, "Sum"), invocations, "4XX %", "ep4xx"),
+                  settings.error_4xx_rate_pct, NOT_BREACHING),
+            # ModelLatency / OverheadLatency / ModelSetupTime are in microseconds.
+            _Spec("model_latency_p90", f"ModelLatency p90 above {settings.model_latency_p90_ms} ms",
+                  self.metrics["model_latency"], settings.model_latency_p90_ms * 1000, NOT_BREACHING),
+            _Spec("overhead_latency_p90", f"OverheadLatency p90 above {settings.overhead_latency_p90_ms} ms",
+                  self.metrics["overhead_latency"], settings.overhead_latency_p90_ms * 1000, NOT_BREACHING),
+            _Spec("model_setup_time", f"ModelSetupTime above {settings.model_setup_time_s} s",
+                  _metric(SAGEMAKER, "ModelSetupTime", dims, "Maximum"), settings.model_setup_time_s * 1e6,
+                  NOT_BREACHING),
+            # Instance metrics are summed over devices: per-GPU / per-vCPU thresholds times the count.
+            _Spec("gpu_memory", f"GPU memory above {settings.gpu_memory_pct}% per GPU",
+                  _metric(INSTANCE_NS, "GPUMemoryUtilization", dims, "Maximum"),
+                  settings.gpu_memory_pct * instance_gpus(instance_type), IGNORE),
+            _Spec("disk", f"Disk above {settings.disk_pct}%", _metric(INSTANCE_NS, "DiskUtilization", dims, "Maximum"),
+                  settings.disk_pct, IGNORE),
+            _Spec("cpu", f"CPU above {settings.cpu_pct}% of all vCPUs",
+                  _metric(INSTANCE_NS, "CPUUtilization", dims, "Average"),
+                  settings.cpu_pct * instance_vcpus(instance_type), IGNORE),
+            _Spec("memory", f"Memory above {settings.memory_pct}%",
+                  _metric(INSTANCE_NS, "MemoryUtilization", dims, "Average"), settings.memory_pct, IGNORE),
+        ]
+        self.alarms = {spec.key: _alarm(self, spec, topic, endpoint_name) for spec in specs}
+        self.rollback_alarms = [self.alarms[k] for k in ("error_5xx_rate", "model_latency_p90")]
+
+
+class ApiAlarms(Construct):
+    """5XX rate and latency of the API stage."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, settings: AlarmSettings, api_name: str, stage: str,
+        topic: sns.ITopic,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        dims = {"ApiName": api_name, "Stage": stage}
+        self.metrics: dict[str, cw.IMetric] = {
+            "count": _metric("AWS/ApiGateway", "Count", dims, "Sum"),
+            "latency": _metric("AWS/ApiGateway", "Latency", dims, "p90"),
+            "4xx": _metric("AWS/ApiGateway", "4XXError", dims, "Sum"),
+            "5xx": _metric("AWS/ApiGateway", "5XXError", dims, "Sum"),
+        }
+        specs = [
+            _Spec("api_5xx_rate", f"API 5XX above {settings.api_5xx_rate_pct}% of requests",
+                  _rate(self.metrics["5xx"], self.metrics["count"], "API 5XX %", "api5xx"), settings.api_5xx_rate_pct,
+                  NOT_BREACHING),
+            _Spec("api_latency_p90", f"API latency p90 above {settings.api_latency_p90_ms} ms",
+                  self.metrics["latency"], settings.api_latency_p90_ms, NOT_BREACHING),
+        ]
+        self.alarms = {spec.key: _alarm(self, spec, topic, api_name) for spec in specs}
+
+
+def _alarm(scope: Construct, spec: _Spec, topic: sns.ITopic, subject: str) -> cw.Alarm:
+    alarm = cw.Alarm(
+        scope,
+        spec.key.title().replace("_", ""),
+        alarm_description=f"{subject}: {spec.description}",
+        metric=spec.metric,
+        threshold=spec.threshold,
+        evaluation_periods=3,
+        datapoints_to_alarm=2,
+        comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+        treat_missing_data=spec.missing,
+    )
+    alarm.add_alarm_action(cw_actions.SnsAction(topic))
+    alarm.add_ok_action(cw_actions.SnsAction(topic))
+    return alarm
+
+
+class OperationsDashboard(Construct):
+    """One dashboard: traffic, errors, latency, instances, API, alarm states."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, name: str, endpoint: EndpointAlarms, api: ApiAlarms
+    ) -> None:
+        super().__init__(scope, construct_id)
+        ea, aa = endpoint.alarms, api.alarms
+
+        def graph(title: str, *metrics: cw.IMetric) -> cw.GraphWidget:
+            return cw.GraphWidget(title=title, left=list(metrics), width=8)
+
+        self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=name)
+        self.dashboard.add_widgets(
+            graph("Invocations", endpoint.metrics["invocations"], api.metrics["count"]),
+            graph("Endpoint error rates (%)", ea["error_5xx_rate"].metric, ea["error_4xx_rate"].metric),
+            graph("Latency p90 (us)", endpoint.metrics["model_latency"], endpoint.metrics["overhead_latency"]),
+        )
+        self.dashboard.add_widgets(
+            graph("GPU", endpoint.metrics["gpu_utilization"], ea["gpu_memory"].metric),
+            graph("CPU / memory / disk", ea["cpu"].metric, ea["memory"].metric, ea["disk"].metric),
+            graph("Model setup time (us)", ea["model_setup_time"].metric),
+        )
+        self.dashboard.add_widgets(
+            graph("API errors", api.metrics["4xx"], api.metrics["5xx"]),
+            graph("API latency p90 (ms)", aa["api_latency_p90"].metric),
+            cw.AlarmStatusWidget(title="Alarms", alarms=[*ea.values(), *aa.values()], width=8),
+        )

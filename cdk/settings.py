@@ -1,0 +1,428 @@
+"""Deployment settings: every context key, read once in ``cdk/app.py`` and validated here.
+
+Each section is a frozen dataclass that validates in ``__post_init__``; every error is a
+``ContextError`` whose message names the context key, so ``cdk synth`` can print it without a trace.
+Values come from ``cdk.json`` (JSON types) or ``-c key=value`` (strings); both are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cdk.components.images import load_table
+from cdk.model_data import ModelData, parse_model_data
+from handler import config as handler_config
+
+__all__ = ["ContextError", "DeploymentSettings", "known_keys"]
+
+T = TypeVar("T")
+
+
+class ContextError(ValueError):
+    """A context value the stack cannot be built with; ``key`` names the context key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"context key '{key}': {message}")
+        self.key = key
+
+# CUDA 13 (the pinned LMI image) supports compute capability 7.5+: T4, A10G, L4, L40S, A100, H100, B200.
+GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "g7e", "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200")
+INSTANCE_TYPE = re.compile(r"^ml\.(?P<family>[a-z0-9-]+)\.(?P<size>(?:\d+)?xlarge|metal)$")
+ENDPOINT_NAME = re.compile(r"^[a-z0-9](-*[a-z0-9]){0,62}$")
+STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+ACCOUNT = re.compile(r"^\d{12}$")
+SCALING_METRICS = ("concurrency", "invocations")
+API_AUTH_MODES = ("iam", "api_keys")
+REMOVAL_POLICIES = ("retain", "destroy")
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                      2922, 3288, 3653)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ContextError(key, message)
+
+
+def _in_range(key: str, value: float, low: float, high: float) -> None:
+    _require(low <= value <= high, key, f"must be {low:g}..{high:g}, got {value:g}")
+
+
+def instance_family(instance_type: str) -> str:
+    """``ml.g5.2xlarge`` -> ``g5``; ``ContextError`` on anything the GPU image cannot run on."""
+    match = INSTANCE_TYPE.match(instance_type)
+    _require(match is not None, "instance_type", f"must look like ml.<family>.<size>, got {instance_type!r}")
+    assert match is not None
+    family = match.group("family")
+    _require(
+        family in GPU_FAMILIES,
+        "instance_type",
+        f"unknown instance type family {family!r} in {instance_type!r}; the CUDA 13 LMI image runs on "
+        f"{', '.join(GPU_FAMILIES)}",
+    )
+    return family
+
+
+def instance_vcpus(instance_type: str) -> int:
+    """vCPUs of a GPU instance, from its size (xlarge = 4, Nxlarge = 4 N, as in every family above)."""
+    size = instance_type.rsplit(".", 1)[1]
+    if size == "metal":
+        return 96
+    return 4 * int(size.removesuffix("xlarge") or 1)
+
+
+def instance_gpus(instance_type: str) -> int:
+    """GPUs of an instance type (the per-device metrics are summed across GPUs)."""
+    family = instance_family(instance_type)
+    size = instance_type.rsplit(".", 1)[1]
+    if family.startswith("p") and size != "4xlarge":
+        return 8
+    return {"12xlarge": 4, "24xlarge": 4, "48xlarge": 8, "metal": 8}.get(size, 1)
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """The SageMaker model, endpoint config and endpoint."""
+
+    endpoint_name: str = "lora-endpoint"
+    model_data: ModelData = field(default_factory=lambda: parse_model_data(""))
+    base_model: str = ""
+    handler_env: Mapping[str, str] = field(default_factory=dict)
+    instance_type: str = "ml.g5.2xlarge"
+    instance_count: int = 1
+    model_data_download_timeout_s: int = 1800
+    startup_health_check_timeout_s: int = 1800
+    vpc_subnet_ids: tuple[str, ...] = ()
+    vpc_security_group_ids: tuple[str, ...] = ()
+    data_capture_percent: int = 0
+    deploy_bake_s: int = 600
+
+    def __post_init__(self) -> None:
+        _require(
+            ENDPOINT_NAME.match(self.endpoint_name) is not None,
+            "endpoint_name",
+            f"must be 1-63 lower-case letters, digits and hyphens, got {self.endpoint_name!r}",
+        )
+        instance_family(self.instance_type)
+        _in_range("instance_count", self.instance_count, 1, 100)
+        _in_range("model_data_download_timeout_s", self.model_data_download_timeout_s, 60, 3600)
+        _in_range("startup_health_check_timeout_s", self.startup_health_check_timeout_s, 60, 3600)
+        _require(
+            bool(self.vpc_subnet_ids) == bool(self.vpc_security_group_ids),
+            "vpc_subnet_ids" if not self.vpc_subnet_ids else "vpc_security_group_ids",
+            "vpc_subnet_ids and vpc_security_group_ids must be given together",
+        )
+        _in_range("data_capture_percent", self.data_capture_percent, 0, 100)
+        _in_range("deploy_bake_s", self.deploy_bake_s, 0, 3600)
+        if self.base_model.startswith("s3://"):
+            _require(
+                len(self.base_model[5:].split("/", 1)) == 2 and self.base_model[5:].split("/", 1)[1] != "",
+                "base_model",
+                f"an s3:// base model needs a key prefix after the bucket, got {self.base_model!r}",
+            )
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    """Target tracking on the production variant."""
+
+    min_capacity: int = 1
+    max_capacity: int = 2
+    scaling_metric: str = "concurrency"
+    scaling_target: float = 4.0
+    scale_in_cooldown_s: int = 600
+    scale_out_cooldown_s: int = 120
+
+    def __post_init__(self) -> None:
+        _in_range("min_capacity", self.min_capacity, 1, 100)
+        _in_range("max_capacity", self.max_capacity, 1, 100)
+        _require(
+            self.min_capacity <= self.max_capacity,
+            "min_capacity",
+            f"min_capacity ({self.min_capacity}) must not exceed max_capacity ({self.max_capacity})",
+        )
+        _require(
+            self.scaling_metric in SCALING_METRICS,
+            "scaling_metric",
+            f"must be one of {', '.join(SCALING_METRICS)}, got {self.scaling_metric!r}",
+        )
+        _require(self.scaling_target > 0, "scaling_target", f"must be positive, got {self.scaling_target}")
+        _in_range("scale_in_cooldown_s", self.scale_in_cooldown_s, 0, 3600)
+        _in_range("scale_out_cooldown_s", self.scale_out_cooldown_s, 0, 3600)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The REST API in front of the endpoint."""
+
+    auth: str = "iam"
+    stage_name: str = "v1"
+    timeout_s: int = 29
+    throttle_rate: float = 10.0
+    throttle_burst: int = 20
+    quota_per_day: int = 10_000
+
+    def __post_init__(self) -> None:
+        _require(
+            self.auth in API_AUTH_MODES,
+            "api_auth",
+            f"must be one of {', '.join(API_AUTH_MODES)}, got {self.auth!r}",
+        )
+        _require(re.match(r"^[A-Za-z0-9_]{1,128}$", self.stage_name) is not None, "api_stage",
+                 f"must be letters, digits or underscores, got {self.stage_name!r}")
+        _in_range("api_timeout_s", self.timeout_s, 1, 300)
+        _require(self.throttle_rate > 0, "api_throttle_rate", "must be positive")
+        _in_range("api_throttle_burst", self.throttle_burst, 1, 5000)
+        _require(self.quota_per_day > 0, "api_quota_per_day", "must be positive")
+
+
+@dataclass(frozen=True)
+class AlarmSettings:
+    """Alarm thresholds; percentages are per instance, per GPU or of invocations."""
+
+    email: str = ""
+    error_5xx_rate_pct: float = 1.0
+    error_4xx_rate_pct: float = 10.0
+    model_latency_p90_ms: float = 20_000.0
+    overhead_latency_p90_ms: float = 500.0
+    model_setup_time_s: float = 900.0
+    gpu_memory_pct: float = 95.0
+    disk_pct: float = 85.0
+    cpu_pct: float = 90.0
+    memory_pct: float = 90.0
+    api_5xx_rate_pct: float = 1.0
+    api_latency_p90_ms: float = 25_000.0
+
+    def __post_init__(self) -> None:
+        _require(self.email == "" or "@" in self.email, "alarm_email", f"not an address: {self.email!r}")
+        for key in ("error_5xx_rate_pct", "error_4xx_rate_pct", "gpu_memory_pct", "disk_pct", "cpu_pct",
+                    "memory_pct", "api_5xx_rate_pct"):
+            _in_range(f"alarm_{key}", getattr(self, key), 0.01, 100)
+        for key in ("model_latency_p90_ms", "overhead_latency_p90_ms", "model_setup_time_s", "api_latency_p90_ms"):
+            _require(getattr(self, key) > 0, f"alarm_{key}", "must be positive")
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """Everything the stack needs, parsed once from CDK context."""
+
+    stack_name: str = "LoraEndpoint"
+    account: str = ""
+    """Empty: environment-agnostic account, resolved from the credentials at deploy time."""
+    region: str = "us-east-1"
+    kms_key_arn: str = ""
+    removal_policy: str = "retain"
+    log_retention_days: int = 90
+    noncurrent_version_days: int = 30
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)
+
+    def __post_init__(self) -> None:
+        _require(STACK_NAME.match(self.stack_name) is not None, "stack_name", f"invalid: {self.stack_name!r}")
+        _require(self.account == "" or ACCOUNT.match(self.account) is not None, "account",
+                 f"must be a 12-digit account id, got {self.account!r}")
+        table = load_table()
+        _require(
+            self.region in table.registries,
+            "region",
+            f"the LMI image table ({table.repository}:{table.tag}) has no registry in {self.region!r}; "
+            "regenerate it with scripts/gen_image_table.py or pick another region",
+        )
+        _require(
+            self.kms_key_arn == "" or (self.kms_key_arn.startswith("arn:") and ":key/" in self.kms_key_arn),
+            "kms_key_arn",
+            f"must be a KMS key ARN (arn:...:key/...), got {self.kms_key_arn!r}",
+        )
+        _require(self.removal_policy in REMOVAL_POLICIES, "removal_policy",
+                 f"must be one of {', '.join(REMOVAL_POLICIES)}, got {self.removal_policy!r}")
+        _require(self.log_retention_days in LOG_RETENTION_DAYS, "log_retention_days",
+                 f"must be one of CloudWatch's retentions {LOG_RETENTION_DAYS}, got {self.log_retention_days}")
+        _in_range("noncurrent_version_days", self.noncurrent_version_days, 1, 3650)
+        _require(
+            self.scaling.min_capacity <= self.endpoint.instance_count <= self.scaling.max_capacity,
+            "instance_count",
+            f"must lie within min_capacity..max_capacity ({self.scaling.min_capacity}.."
+            f"{self.scaling.max_capacity}), got {self.endpoint.instance_count}",
+        )
+        budget = float(self.endpoint.handler_env.get(handler_config.ENV_TIME_BUDGET_S, "0"))
+        _require(
+            budget < self.api.timeout_s,
+            "handler",
+            f"time_budget_s ({budget:g}) must be below api_timeout_s ({self.api.timeout_s}) so a caller "
+            "gets the partial answer, not a gateway timeout",
+        )
+
+    @property
+    def image_uri(self) -> str:
+        """The pinned LMI image in this stack's region."""
+        return load_table().uri(self.region)
+
+    @classmethod
+    def from_context(cls, app: Any) -> DeploymentSettings:
+        """Read every key from ``app.node`` context (missing keys take their defaults)."""
+        return cls.from_mapping(app.node.get_all_context())
+
+    @classmethod
+    def from_mapping(cls, ctx: Mapping[str, Any]) -> DeploymentSettings:
+        """Build from a plain mapping of context keys (what tests pass)."""
+        return _build(_Reader(ctx))
+
+
+def _build(read: _Reader) -> DeploymentSettings:
+    """Read every key through ``read``; the one place that lists the context keys and their defaults."""
+    api = ApiSettings(
+        auth=read.text("api_auth", "iam"),
+        stage_name=read.text("api_stage", "v1"),
+        timeout_s=read.integer("api_timeout_s", 29),
+        throttle_rate=read.number("api_throttle_rate", 10.0),
+        throttle_burst=read.integer("api_throttle_burst", 20),
+        quota_per_day=read.integer("api_quota_per_day", 10_000),
+    )
+    endpoint = EndpointSettings(
+        endpoint_name=read.text("endpoint_name", "lora-endpoint"),
+        model_data=read.parsed("model_data", "", parse_model_data),
+        base_model=read.text("base_model", ""),
+        handler_env=_handler_env(read.mapping("handler"), read.text("base_model", ""), api.timeout_s),
+        instance_type=read.text("instance_type", "ml.g5.2xlarge"),
+        instance_count=read.integer("instance_count", 1),
+        model_data_download_timeout_s=read.integer("model_data_download_timeout_s", 1800),
+        startup_health_check_timeout_s=read.integer("startup_health_check_timeout_s", 1800),
+        vpc_subnet_ids=read.strings("vpc_subnet_ids"),
+        vpc_security_group_ids=read.strings("vpc_security_group_ids"),
+        data_capture_percent=read.integer("data_capture_percent", 0),
+        deploy_bake_s=read.integer("deploy_bake_s", 600),
+    )
+    scaling = ScalingSettings(
+        min_capacity=read.integer("min_capacity", 1),
+        max_capacity=read.integer("max_capacity", 2),
+        scaling_metric=read.text("scaling_metric", "concurrency"),
+        scaling_target=read.number("scaling_target", 4.0 if read.text("scaling_metric", "") != "invocations"
+                                   else 60.0),
+        scale_in_cooldown_s=read.integer("scale_in_cooldown_s", 600),
+        scale_out_cooldown_s=read.integer("scale_out_cooldown_s", 120),
+    )
+    defaults = AlarmSettings()
+    alarms = AlarmSettings(
+        email=read.text("alarm_email", ""),
+        **{
+            name: read.number(f"alarm_{name}", getattr(defaults, name))
+            for name in AlarmSettings.__dataclass_fields__
+            if name != "email"
+        },
+    )
+    return DeploymentSettings(
+        stack_name=read.text("stack_name", "LoraEndpoint"),
+        account=read.text("account", ""),
+        region=read.text("region", "us-east-1"),
+        kms_key_arn=read.text("kms_key_arn", ""),
+        removal_policy=read.text("removal_policy", "retain"),
+        log_retention_days=read.integer("log_retention_days", 90),
+        noncurrent_version_days=read.integer("noncurrent_version_days", 30),
+        endpoint=endpoint,
+        scaling=scaling,
+        api=api,
+        alarms=alarms,
+    )
+
+
+def _handler_env(values: Mapping[str, Any], base_model: str, api_timeout_s: int) -> dict[str, str]:
+    """Container environment from ``handler`` context (HandlerSettings field names), validated by the handler.
+
+    The generation time budget defaults to 4 s under the API timeout, so a long generation returns what it
+    has (``finish_reason`` ``time_limit``) before API Gateway gives up with a 504.
+    """
+    env: dict[str, str] = {}
+    for name, value in values.items():
+        try:
+            var = handler_config.env_var(name)
+        except KeyError:
+            raise ContextError("handler", f"unknown handler setting {name!r}") from None
+        env[var] = str(value).lower() if isinstance(value, bool) else str(value)
+    if base_model:
+        env[handler_config.ENV_BASE_MODEL] = base_model
+    env.setdefault(handler_config.ENV_TIME_BUDGET_S, str(max(api_timeout_s - 4, 1)))
+    try:
+        handler_config.HandlerSettings.from_env(env)
+    except handler_config.SettingsError as err:
+        raise ContextError("handler", str(err)) from None
+    return dict(sorted(env.items()))
+
+
+class _Reader:
+    """Typed access to context values that may be JSON values or ``-c key=value`` strings."""
+
+    def __init__(self, ctx: Mapping[str, Any]) -> None:
+        self._ctx = ctx
+        self.asked: set[str] = set()
+
+    def _raw(self, key: str) -> Any:
+        self.asked.add(key)
+        return self._ctx.get(key)
+
+    def text(self, key: str, default: str) -> str:
+        value = self._raw(key)
+        if value is None:
+            return default
+        _require(isinstance(value, str | int | float), key, f"must be a string, got {value!r}")
+        return str(value).strip()
+
+    def integer(self, key: str, default: int) -> int:
+        value = self._raw(key)
+        if value is None or value == "":
+            return default
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ContextError(key, f"must be an integer, got {value!r}") from None
+        _require(number.is_integer() and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return int(number)
+
+    def number(self, key: str, default: float) -> float:
+        value = self._raw(key)
+        if value is None or value == "":
+            return default
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ContextError(key, f"must be a number, got {value!r}") from None
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._raw(key)
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            value = [part for part in value.split(",")]
+        _require(isinstance(value, list), key, f"must be a list or a comma-separated string, got {value!r}")
+        return tuple(str(item).strip() for item in value if str(item).strip())
+
+    def mapping(self, key: str) -> Mapping[str, Any]:
+        value = self._raw(key)
+        if value is None or value == "":
+            return {}
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ContextError(key, f"must be a JSON object, got {value!r}") from None
+        _require(isinstance(value, dict), key, f"must be an object, got {value!r}")
+        return dict(value)
+
+    def parsed(self, key: str, default: str, parse: Callable[[str], T]) -> T:
+        try:
+            return parse(self.text(key, default))
+        except ValueError as err:
+            if isinstance(err, ContextError):
+                raise
+            raise ContextError(key, str(err)) from None
+
+
+def known_keys() -> frozenset[str]:
+    """Every context key this app reads (app.py warns about others, which are usually typos)."""
+    reader = _Reader({})
+    _build(reader)
+    return frozenset(reader.asked)

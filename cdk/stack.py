@@ -1,0 +1,73 @@
+"""The stack: composes the components in dependency order and exports what operators need."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import aws_kms as kms
+from constructs import Construct
+
+from cdk.components.api import InferenceApi
+from cdk.components.autoscaling import VariantAutoscaling
+from cdk.components.bucket import ArtifactsBucket, ModelArtifact
+from cdk.components.endpoint import ModelEndpoint
+from cdk.components.images import load_table
+from cdk.components.observability import AlertTopic, ApiAlarms, EndpointAlarms, OperationsDashboard
+from cdk.settings import DeploymentSettings
+
+
+class LoraEndpointStack(Stack):
+    """Artifacts bucket -> alarms -> endpoint (rolls back on those alarms) -> autoscaling -> API -> dashboard."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, settings: DeploymentSettings, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        ep = settings.endpoint
+        kms_key = kms.Key.from_key_arn(self, "CustomerKey", settings.kms_key_arn) if settings.kms_key_arn else None
+        removal = RemovalPolicy.DESTROY if settings.removal_policy == "destroy" else RemovalPolicy.RETAIN
+
+        artifacts = ArtifactsBucket(
+            self, "Artifacts", kms_key=kms_key, removal_policy=removal,
+            noncurrent_version_days=settings.noncurrent_version_days,
+            log_retention_days=settings.log_retention_days,
+        )
+        model = ModelArtifact(self, "ModelData", model_data=ep.model_data, bucket=artifacts.bucket)
+        topic = AlertTopic(self, "Alerts", email=settings.alarms.email)
+        endpoint_alarms = EndpointAlarms(
+            self, "EndpointAlarms", settings=settings.alarms, endpoint_name=ep.endpoint_name,
+            variant_name="AllTraffic", instance_type=ep.instance_type, topic=topic.topic,
+        )
+        endpoint = ModelEndpoint(
+            self, "Endpoint", settings=ep, image=load_table(), artifact=model, bucket=artifacts.bucket,
+            kms_key=kms_key, rollback_alarms=endpoint_alarms.rollback_alarms,
+        )
+        VariantAutoscaling(
+            self, "Autoscaling", settings=settings.scaling, endpoint_name=endpoint.endpoint_name,
+            variant_name=endpoint.variant_name, endpoint=endpoint.endpoint,
+        )
+        api = InferenceApi(
+            self, "Api", settings=settings.api, endpoint_name=endpoint.endpoint_name,
+            endpoint_arn=endpoint.endpoint_arn, log_retention_days=settings.log_retention_days,
+        )
+        api_alarms = ApiAlarms(
+            self, "ApiAlarms", settings=settings.alarms, api_name=api.api.rest_api_name,
+            stage=settings.api.stage_name, topic=topic.topic,
+        )
+        dashboard = OperationsDashboard(
+            self, "Operations", name=f"{ep.endpoint_name}-{self.region}", endpoint=endpoint_alarms, api=api_alarms
+        )
+
+        CfnOutput(self, "EndpointName", value=endpoint.endpoint.attr_endpoint_name)
+        CfnOutput(self, "EndpointArn", value=endpoint.endpoint.ref)
+        CfnOutput(self, "ApiUrl", value=api.api.url)
+        CfnOutput(self, "ArtifactsBucketName", value=artifacts.bucket.bucket_name)
+        CfnOutput(self, "ModelDataUri", value=model.s3_uri)
+        CfnOutput(self, "AlarmTopicArn", value=topic.topic.topic_arn)
+        CfnOutput(
+            self, "DashboardUrl",
+            value=f"https://{self.region}.console.aws.amazon.com/cloudwatch/home?region={self.region}"
+            f"#dashboards:name={dashboard.dashboard.dashboard_name}",
+        )
+        if api.api_key is not None:
+            CfnOutput(self, "ApiKeyId", value=api.api_key.key_id,
+                      description="aws apigateway get-api-key --include-value --api-key <id>")

@@ -1,0 +1,42 @@
+"""The synthesized template passes cfn-lint with zero errors (and zero warnings)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Template
+
+from tests.cdk.conftest import synth
+
+cfnlint_api = pytest.importorskip("cfnlint.api")
+
+
+def _lint(template: Mapping[str, Any], tmp_path: Path) -> list:
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps(template), encoding="utf-8")
+    return cfnlint_api.lint_file(path, config=cfnlint_api.ManualArgs(regions=["us-east-1"]))
+
+
+def test_default_template_is_clean(default_template: Template, tmp_path: Path) -> None:
+    matches = _lint(default_template.to_json(), tmp_path)
+    assert [str(m) for m in matches] == []
+
+
+def test_every_option_template_is_clean(tmp_path: Path) -> None:
+    template = synth({"api_auth": "api_keys", "data_capture_percent": 10, "alarm_email": "a@example.com",
+                      "vpc_subnet_ids": ["subnet-0123456789abcdef1"],
+                      "vpc_security_group_ids": ["sg-0123456789abcdef0"],
+                      "model_data": "s3://m/run/"})
+    matches = _lint(template.to_json(), tmp_path)
+    assert [str(m) for m in matches] == []
+
+
+def test_lint_catches_a_broken_template(default_template: Template, tmp_path: Path) -> None:
+    broken = json.loads(json.dumps(default_template.to_json()))
+    config = next(r for r in broken["Resources"].values() if r["Type"] == "AWS::SageMaker::EndpointConfig")
+    config["Properties"]["ProductionVariants"][0]["InferenceAmiVersion"] = "al2023-made-up"
+    assert _lint(broken, tmp_path)

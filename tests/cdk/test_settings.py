@@ -1,0 +1,123 @@
+"""Bad context fails synth with a message naming the key; the CLI path prints it without a trace."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdk.model_data import ModelDataKind
+from cdk.settings import ContextError, DeploymentSettings, known_keys
+from handler import config as handler_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("context", "key", "fragment"),
+    [
+        ({"instance_type": "ml.z9.2xlarge"}, "instance_type", "unknown instance type family 'z9'"),
+        ({"instance_type": "ml.p3.2xlarge"}, "instance_type", "unknown instance type family 'p3'"),
+        ({"instance_type": "g5.2xlarge"}, "instance_type", "ml.<family>.<size>"),
+        ({"min_capacity": 3, "max_capacity": 2}, "min_capacity", "must not exceed max_capacity"),
+        ({"min_capacity": "2", "max_capacity": "4"}, "instance_count", "must lie within"),
+        ({"model_data": "s3://my-bucket"}, "model_data", "needs a key"),
+        ({"model_data": "s3://my-bucket/"}, "model_data", "needs a key"),
+        ({"model_data": "s3://my-bucket/model"}, "model_data", "must end in .tar.gz"),
+        ({"model_data": "/does/not/exist"}, "model_data", "no such file"),
+        ({"region": "xx-nowhere-1"}, "region", "has no registry in 'xx-nowhere-1'"),
+        ({"scaling_metric": "cpu"}, "scaling_metric", "must be one of"),
+        ({"api_auth": "cognito"}, "api_auth", "must be one of"),
+        ({"endpoint_name": "Bad_Name"}, "endpoint_name", "lower-case"),
+        ({"handler": {"dtype": "int3"}}, "handler", handler_config.ENV_DTYPE),
+        ({"handler": {"no_such_setting": 1}}, "handler", "unknown handler setting"),
+        ({"handler": {"time_budget_s": 40}}, "handler", "below api_timeout_s"),
+        ({"instance_count": "two"}, "instance_count", "must be an integer"),
+        ({"vpc_subnet_ids": "subnet-0123456789abcdef1"}, "vpc_security_group_ids", "together"),
+        ({"log_retention_days": 10}, "log_retention_days", "retentions"),
+        ({"base_model": "s3://bucket"}, "base_model", "key prefix"),
+    ],
+)
+def test_bad_context_names_the_key(context: dict[str, object], key: str, fragment: str) -> None:
+    with pytest.raises(ContextError) as caught:
+        DeploymentSettings.from_mapping(context)
+    assert caught.value.key == key
+    assert f"context key '{key}'" in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+def test_context_error_is_a_value_error() -> None:
+    assert issubclass(ContextError, ValueError)
+
+
+def test_defaults() -> None:
+    settings = DeploymentSettings.from_mapping({})
+    assert settings.region == "us-east-1"
+    assert settings.account == ""
+    assert settings.endpoint.instance_type == "ml.g5.2xlarge"
+    assert settings.endpoint.model_data.kind is ModelDataKind.STACK_BUCKET
+    assert settings.scaling.scaling_metric == "concurrency"
+    assert settings.api.auth == "iam"
+    assert settings.image_uri == "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.38.0-lmi29.0.0-cu130"
+    # The generation budget sits under the API timeout by default.
+    assert settings.endpoint.handler_env == {handler_config.ENV_TIME_BUDGET_S: "25"}
+
+
+def test_cli_strings_are_coerced() -> None:
+    # GIVEN values as `-c key=value` delivers them (strings)
+    settings = DeploymentSettings.from_mapping({
+        "min_capacity": "2", "max_capacity": "5", "instance_count": "2", "scaling_target": "6.5",
+        "handler": '{"dtype": "bfloat16", "max_new_tokens": 2048}', "vpc_subnet_ids": "subnet-a, subnet-b",
+        "vpc_security_group_ids": "sg-0123456789abcdef0",
+    })
+    # THEN they arrive typed
+    assert (settings.scaling.min_capacity, settings.scaling.max_capacity) == (2, 5)
+    assert settings.scaling.scaling_target == 6.5
+    assert settings.endpoint.vpc_subnet_ids == ("subnet-a", "subnet-b")
+    assert settings.endpoint.handler_env[handler_config.ENV_DTYPE] == "bfloat16"
+    assert settings.endpoint.handler_env[handler_config.ENV_MAX_NEW_TOKENS] == "2048"
+
+
+def test_model_data_kinds(tmp_path: Path) -> None:
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(b"")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "serving.properties").write_text("engine=Python\n")
+    cases = {
+        "s3://b/k/model.tar.gz": ModelDataKind.S3_ARCHIVE,
+        "s3://b/prefix/": ModelDataKind.S3_PREFIX,
+        str(archive): ModelDataKind.LOCAL_ARCHIVE,
+        str(tmp_path / "tree"): ModelDataKind.LOCAL_FOLDER,
+        "": ModelDataKind.STACK_BUCKET,
+    }
+    for value, kind in cases.items():
+        assert DeploymentSettings.from_mapping({"model_data": value}).endpoint.model_data.kind is kind, value
+
+
+def test_known_keys_cover_every_documented_key() -> None:
+    keys = known_keys()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for key in ("model_data", "instance_type", "min_capacity", "max_capacity", "region", "account", "api_auth",
+                "alarm_email", "alarm_error_5xx_rate_pct", "handler", "scaling_metric"):
+        assert key in keys
+        assert f"`{key}`" in readme, f"README deploy section does not document {key}"
+
+
+def _run_app(context: dict[str, object], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(tmp_path / "out")}
+    return subprocess.run([sys.executable, "-m", "cdk.app"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_cli_prints_the_error_without_a_trace(tmp_path: Path) -> None:
+    # WHEN the app runs as `cdk synth` runs it, with a bad key
+    result = _run_app({"min_capacity": 4, "max_capacity": 2}, tmp_path)
+    # THEN it exits non-zero with one line naming the key, and no Python traceback
+    assert result.returncode == 2
+    assert "error: context key 'min_capacity'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "out").glob("*.template.json"))
