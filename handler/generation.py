@@ -9,6 +9,7 @@ deltas: closing it (a client that went away) stops generation at the next step.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -197,13 +198,15 @@ def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = Non
     want_logprobs = any(r.logprobs for r in rows)
     with torch.inference_mode():
         while active:
-            kwargs: dict[str, Any] = {}
-            if lm.uses_peft:
-                kwargs["adapter_names"] = [rows[i].adapter or BASE_ADAPTER_NAME for i in active]
-            out = lm.model(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, **kwargs,
-            )
+            with _adapter_routing(lm, [rows[i].adapter for i in active]) as kwargs:
+                out = lm.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    **kwargs,
+                )
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
             batch_rows = [rows[i] for i in active]
@@ -234,6 +237,23 @@ def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = Non
             input_ids = tokens[:, None]
             mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
             positions = positions[:, -1:] + 1
+
+
+@contextlib.contextmanager
+def _adapter_routing(lm: LoadedModel, adapters: list[str | None]) -> Iterator[dict[str, Any]]:
+    """Route rows to adapters. Mixed rows go through peft's ``adapter_names`` (one forward pass, each row
+    its own adapter); when every row wants the same one, peft's plain path is faster. Callers hold
+    ``lm.lock``, so switching the active adapter here cannot leak into another request."""
+    if not lm.uses_peft:
+        yield {}
+    elif len(set(adapters)) > 1:
+        yield {"adapter_names": [name or BASE_ADAPTER_NAME for name in adapters]}
+    elif adapters[0] is None:
+        with lm.model.disable_adapter():
+            yield {}
+    else:
+        lm.model.set_adapter(adapters[0])
+        yield {}
 
 
 def _new_cache(lm: LoadedModel) -> Any:
