@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-STANDIN = Path(__file__).parent / "djl_standin"
+# The djl_python compatibility module the local endpoint uses outside the LMI image.
+STANDIN = Path(__file__).resolve().parent.parent / "scripts" / "local_server" / "djl_compat"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Stand-in for ``djl_python.inputs.Input``."""
+"""Compatible ``djl_python.inputs.Input`` (plus ``request``/``batch`` builders as DJL forms them)."""
 
 from __future__ import annotations
 
@@ -59,10 +59,10 @@ class Input:
             match = _BATCH_KEY.match(key)
             if match:
                 batch[int(match.group(1))].properties[match.group(2)] = value
-        for key, value in self.content:
-            match = _BATCH_KEY.match(key)
-            assert match, key
-            batch[int(match.group(1))].content.append((match.group(2), value))
+        for content_key, data in self.content:
+            match = _BATCH_KEY.match(content_key)
+            assert match, content_key
+            batch[int(match.group(1))].content.append((match.group(2), data))
         return batch
 
 
@@ -80,6 +80,6 @@ def batch(*items: Input) -> Input:
     for i, item in enumerate(items):
         for k, v in item.properties.items():
             out.properties[f"batch_{i}.{k}"] = v
-        for k, v in item.content:
-            out.content.append((f"batch_{i}.{k}", v))
+        for content_key, data in item.content:
+            out.content.append((f"batch_{i}.{content_key}", data))
     return out

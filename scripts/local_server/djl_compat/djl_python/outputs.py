@@ -1,4 +1,4 @@
-"""Stand-in for ``djl_python.outputs.Output``."""
+"""Compatible ``djl_python.outputs.Output``."""
 
 from __future__ import annotations
 
