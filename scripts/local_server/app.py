@@ -1,0 +1,99 @@
+"""The FastAPI app: the container contract (``GET /ping``, ``POST /invocations``), the SageMaker runtime
+API and the API Gateway routes, all answered through one ``handle()`` and one batcher.
+
+The model loads in a worker thread once the server is up: ``/ping`` answers 503 until the init call
+has succeeded, 200 after. At shutdown uvicorn stops accepting and waits for in-flight requests, then
+the lifespan drains the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from . import DEFAULT_ENDPOINT_NAME, api_routes, runtime_api
+from .batcher import Batcher
+from .endpoint import EndpointState, NotReady, wants_stream
+from .package import ServedModel
+from .streaming import pump
+
+log = logging.getLogger("lora_endpoint.local")
+
+
+def create_app(
+    served: ServedModel,
+    *,
+    batch_size: int,
+    max_batch_delay_ms: int,
+    endpoint_name: str = DEFAULT_ENDPOINT_NAME,
+    drain_timeout_s: float = 60.0,
+    on_load_failure: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """An app serving ``served``; it loads the model (init call) at start-up unless it is ready already."""
+    batcher = Batcher(served.handle, served.djl, batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
+    state = EndpointState(served, batcher, endpoint_name)
+
+    async def load() -> None:
+        try:
+            await asyncio.to_thread(served.load)
+            log.info("model loaded from %s; serving", served.model_dir)
+        except Exception as err:
+            log.error("model load failed: %s", served.failed or err)
+            if on_load_failure is not None:
+                on_load_failure(err)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        loading = None if served.ready.is_set() else asyncio.create_task(load(), name="load-model")
+        try:
+            yield
+        finally:
+            if loading is not None and not loading.done():
+                await asyncio.wait([loading], timeout=drain_timeout_s)
+            await batcher.drain(drain_timeout_s)
+
+    app = FastAPI(
+        title="lora-endpoint (local)",
+        summary="A model package served through the container's handle(): SageMaker container contract, "
+                "runtime API and the API Gateway routes.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.endpoint = state
+
+    @app.get("/ping", tags=["container contract"], summary="200 once the model is loaded, 503 before")
+    async def ping() -> JSONResponse:
+        if state.ready:
+            return JSONResponse({"status": "Healthy"})
+        return JSONResponse({"status": "Unhealthy" if served.failed else "Loading"}, status_code=503)
+
+    @app.post("/invocations", tags=["container contract"], summary="One request to handle()",
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": {"type": "object"}}}}})
+    async def invocations(request: Request) -> Response:
+        body = await request.body()
+        stream = wants_stream(body)
+        try:
+            answer = await state.invoke(state.call(dict(request.headers), body), stream=stream)
+        except NotReady as err:
+            return JSONResponse({"code": 503, "message": str(err), "error": "model not ready"}, status_code=503)
+        headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
+        if answer.stream is not None:
+            return StreamingResponse(pump(answer.stream), status_code=answer.status,
+                                     media_type=answer.content_type, headers=headers)
+        return Response(answer.body, status_code=answer.status, media_type=answer.content_type, headers=headers)
+
+    @app.get("/local/stats", tags=["local"], summary="Batches formed by the in-process batcher")
+    async def stats() -> JSONResponse:
+        return JSONResponse({"batch_size": batcher.batch_size, "max_batch_delay_ms": int(batcher.max_delay * 1000),
+                             **batcher.stats.as_dict()})
+
+    app.include_router(runtime_api.router(state))
+    app.include_router(api_routes.router(state))
+    return app

@@ -1,0 +1,166 @@
+"""Find what to serve and load it the way DJL Serving does.
+
+A package is a ``model.tar.gz``, an extracted package dir (``model.py`` + ``serving.properties`` at its
+root) or a plain model dir (``base/`` + ``adapters/``). The entry file (``option.entryPoint``, else
+``model.py``) is loaded by file path under a generated module name - the model dir is not put on
+``sys.path`` - and its ``handle`` (or ``option.handler``) gets an init call whose properties are the
+``option.*`` keys with the prefix stripped, plus ``model_dir``. A plain model dir has no entry file:
+the repository's ``handler.entry.handle`` serves it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tarfile
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from . import djl_io
+
+log = logging.getLogger("lora_endpoint.local")
+
+SERVING_PROPERTIES = "serving.properties"
+DEFAULT_ENTRY = "model.py"
+# Batching defaults for a plain model dir (no serving.properties): a little batching helps locally.
+PLAIN_DIR_BATCH_SIZE = 8
+PLAIN_DIR_MAX_BATCH_DELAY_MS = 50
+
+
+class PackageError(Exception):
+    """The package cannot be served; the message says why (shown without a stack trace)."""
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """``serving.properties``: ``key=value`` lines, ``#`` comments, blank lines ignored."""
+    props: dict[str, str] = {}
+    if not path.is_file():
+        return props
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            props[key.strip()] = value.strip()
+    return props
+
+
+def extract(archive: Path, dest: Path) -> Path:
+    """Extract a ``model.tar.gz`` with model_package's safe extractor (refuses links, ``..``, ...)."""
+    try:
+        from model_package.archive import safe_extract
+    except ImportError:  # model_package not installed: the stdlib's "data" filter refuses the same tricks
+        log.warning("model_package.archive.safe_extract is not importable; using tarfile's data filter")
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+        return dest
+    return Path(safe_extract(archive, dest))
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    """What to serve, resolved from the command line argument."""
+
+    model_dir: Path
+    entry_file: Path | None
+    handler_name: str
+    init_properties: dict[str, str]
+    batch_size: int
+    max_batch_delay_ms: int
+    temp_dir: Path | None = None
+
+
+def _int_property(props: dict[str, str], key: str, default: int) -> int:
+    try:
+        return max(0, int(props.get(key, default)))
+    except ValueError:
+        raise PackageError(f"{SERVING_PROPERTIES}: {key} must be an integer, got {props[key]!r}") from None
+
+
+def resolve(package: str | Path, *, work_dir: Path | None = None) -> PackageSpec:
+    """Resolve ``package`` (tar.gz, package dir or plain model dir) into what ``ServedModel`` loads."""
+    path = Path(package).expanduser()
+    temp_dir = None
+    if path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise PackageError(f"{path} is neither a folder nor a tar(.gz) archive")
+        temp_dir = Path(tempfile.mkdtemp(prefix="lora-local-", dir=work_dir))
+        path = extract(path, temp_dir / "model")
+    elif not path.is_dir():
+        raise PackageError(f"{path} does not exist")
+    props = read_properties(path / SERVING_PROPERTIES)
+    options = {k[len("option."):]: v for k, v in props.items() if k.startswith("option.")}
+    entry_name = options.get("entryPoint") or DEFAULT_ENTRY
+    entry: Path | None = path / entry_name
+    if entry is None or not entry.is_file():
+        if "entryPoint" in options:
+            raise PackageError(f"{SERVING_PROPERTIES} names entryPoint {entry_name!r}, which is not in {path}")
+        entry = None
+        if not (path / "base").is_dir() and not (path / "config.json").is_file():
+            raise PackageError(f"{path} has no model.py, no base/ and no config.json: not a model package")
+    plain = not props
+    return PackageSpec(
+        model_dir=path.resolve(),
+        entry_file=entry.resolve() if entry else None,
+        handler_name=options.get("handler") or "handle",
+        init_properties={**options, "model_dir": str(path.resolve())},
+        batch_size=_int_property(props, "batch_size", PLAIN_DIR_BATCH_SIZE if plain else 1) or 1,
+        max_batch_delay_ms=_int_property(props, "max_batch_delay", PLAIN_DIR_MAX_BATCH_DELAY_MS if plain else 100),
+        temp_dir=temp_dir,
+    )
+
+
+def load_entry_module(entry: Path) -> ModuleType:
+    """Load ``entry`` by file path under a generated module name, as DJL does."""
+    name = f"djl_entry_{uuid.uuid4().hex[:12]}"
+    spec = importlib.util.spec_from_file_location(name, entry)
+    if spec is None or spec.loader is None:
+        raise PackageError(f"cannot load {entry}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class ServedModel:
+    """The handler behind the endpoint: ``handle`` after its init call, and the Input/Output module."""
+
+    model_dir: str
+    handle: Callable[[Any], Any]
+    init_properties: dict[str, str] = field(default_factory=dict)
+    ready: threading.Event = field(default_factory=threading.Event)
+    failed: str | None = None
+    djl: ModuleType = field(default_factory=djl_io.ensure_djl_python)
+
+    @classmethod
+    def from_spec(cls, spec: PackageSpec) -> ServedModel:
+        djl = djl_io.ensure_djl_python()
+        if spec.entry_file is None:
+            from handler import entry
+
+            handle: Callable[[Any], Any] = entry.handle
+        else:
+            module = load_entry_module(spec.entry_file)
+            handle = getattr(module, spec.handler_name, None)  # type: ignore[assignment]
+            if not callable(handle):
+                raise PackageError(f"{spec.entry_file.name} defines no function {spec.handler_name!r}")
+        return cls(str(spec.model_dir), handle, dict(spec.init_properties), djl=djl)
+
+    def load(self) -> None:
+        """The init call (empty body): any status of 300 or more fails the load, as in DJL."""
+        try:
+            out = self.handle(djl_io.init_input(self.djl, self.init_properties))
+            code = int(getattr(out, "code", 200) or 200) if out is not None else 200
+            if code >= 300:
+                raise PackageError(f"the init call answered {code}")
+        except Exception as err:
+            self.failed = str(err) or type(err).__name__
+            raise
+        self.ready.set()

@@ -1,0 +1,111 @@
+"""Serve a model package on localhost through the same model.py / handle() path the container uses.
+
+    serve_local.py PACKAGE [--host 127.0.0.1] [--port 8080] [--batch-size N] [--max-batch-delay-ms M]
+
+PACKAGE is a ``model.tar.gz``, an extracted package dir, or a plain model dir (``base/`` +
+``adapters/``). Routes: the container contract (``GET /ping``, ``POST /invocations``), the SageMaker
+runtime API (boto3 with ``endpoint_url=http://127.0.0.1:PORT``), the API Gateway routes
+(``/predict``, ``/rag``, ``/v1/chat/completions``, ``/health``, ``/model/info``) and ``/docs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: the repository's packages come first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.local_server import DEFAULT_ENDPOINT_NAME
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lora-serve-local",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Batching defaults come from the package's serving.properties (batch_size, max_batch_delay); "
+               "a plain model dir batches up to 8 requests within 50 ms. Stop with Ctrl-C: in-flight requests "
+               "are answered first.",
+    )
+    parser.add_argument("package", help="model.tar.gz, extracted package dir, or plain model dir")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default: 8080, the container's)")
+    parser.add_argument("--endpoint-name", default=DEFAULT_ENDPOINT_NAME,
+                        help=f"name the runtime API answers to (default: {DEFAULT_ENDPOINT_NAME})")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="most requests per handle() call (default: serving.properties batch_size)")
+    parser.add_argument("--max-batch-delay-ms", type=int, default=None,
+                        help="ms to wait for a batch to fill (default: serving.properties max_batch_delay)")
+    parser.add_argument("--drain-timeout", type=float, default=60.0,
+                        help="seconds to wait for in-flight requests at shutdown (default: 60)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log level (default: info)")
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be 1..65535, got {args.port}")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_batch_delay_ms is not None and args.max_batch_delay_ms < 0:
+        parser.error(f"--max-batch-delay-ms must be 0 or more, got {args.max_batch_delay_ms}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from scripts.local_server.app import create_app
+    from scripts.local_server.package import PackageError, ServedModel, resolve
+
+    try:
+        spec = resolve(args.package)
+    except Exception as err:  # PackageError, or the safe extractor refusing the archive
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    failures: list[BaseException] = []
+    try:
+        served = ServedModel.from_spec(spec)
+        server: uvicorn.Server | None = None
+
+        def load_failed(err: BaseException) -> None:
+            failures.append(err)
+            if server is not None:
+                server.should_exit = True
+
+        app = create_app(
+            served,
+            batch_size=args.batch_size or spec.batch_size,
+            max_batch_delay_ms=spec.max_batch_delay_ms if args.max_batch_delay_ms is None else args.max_batch_delay_ms,
+            endpoint_name=args.endpoint_name,
+            drain_timeout_s=args.drain_timeout,
+            on_load_failure=load_failed,
+        )
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                timeout_graceful_shutdown=int(args.drain_timeout))
+        server = uvicorn.Server(config)
+        print(f"serving {spec.model_dir} on http://{args.host}:{args.port} (endpoint name {args.endpoint_name!r}, "
+              f"batch_size {args.batch_size or spec.batch_size}); docs at /docs", file=sys.stderr)
+        server.run()
+    except PackageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if spec.temp_dir is not None:
+            shutil.rmtree(spec.temp_dir, ignore_errors=True)
+    if failures:
+        print(f"error: the model did not load: {failures[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""A local endpoint on a free port, in a background thread, over the tiny model dir (stopped at the end)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from scripts.local_server.app import create_app
+from scripts.local_server.package import ServedModel, resolve
+
+BATCH_SIZE = 8
+BATCH_DELAY_MS = 150  # wide enough that concurrent test requests share a batch on a slow CI machine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Running:
+    url: str
+    port: int
+    app: Any
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.endpoint
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+def start(app: Any, *, wait_ready: bool = True, timeout_s: float = 60.0) -> Running:
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    running = Running(f"http://127.0.0.1:{port}", port, app, server, thread)
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            running.stop()
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    while wait_ready and httpx.get(running.url + "/ping").status_code != 200:
+        if time.monotonic() > deadline:
+            running.stop()
+            raise RuntimeError("model did not load")
+        time.sleep(0.05)
+    return running
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_dir: Path) -> Iterator[Running]:
+    """The repository's handler serving the tiny model dir, with a fresh handler runtime."""
+    from handler import entry
+
+    saved = entry._runtime
+    entry._runtime = entry._Runtime()
+    running = start(create_app(ServedModel.from_spec(resolve(tiny_model_dir)), batch_size=BATCH_SIZE,
+                               max_batch_delay_ms=BATCH_DELAY_MS))
+    try:
+        yield running
+    finally:
+        running.stop()
+        entry._runtime = saved
+
+
+@pytest.fixture(scope="session")
+def runtime(server: Running) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
+                        aws_access_key_id="x", aws_secret_access_key="x",
+                        config=Config(retries={"max_attempts": 1}, read_timeout=60))
+
+
+def fake_served(handle: Callable[[Any], Any]) -> ServedModel:
+    """A ServedModel around any ``handle`` (for servers that misbehave on purpose)."""
+    return ServedModel("/nonexistent", handle, {})
