@@ -51,7 +51,7 @@ class ParallelGzipWriter(io.RawIOBase):
     ``tell()`` reports uncompressed bytes written (what ``tarfile`` needs).
     """
 
-    def __init__(self, raw: BinaryIO, *, level: int = 6, workers: int = 0) -> None:
+    def __init__(self, raw: BinaryIO, *, level: int = 1, workers: int = 0) -> None:
         super().__init__()
         self._raw = raw
         self._level = level
@@ -164,7 +164,7 @@ def write_tar_gz(
     sizes: dict[str, int],
     dest: BinaryIO,
     *,
-    level: int = 6,
+    level: int = 1,
     workers: int = 0,
     on_bytes: Callable[[int], object] | None = None,
 ) -> str:

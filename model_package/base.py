@@ -46,6 +46,9 @@ class BaseModel:
     def name_hints(self) -> frozenset[str]:
         """Names this base goes by: its folder name and config's ``_name_or_path`` (last parts, lower case)."""
         hints = {self.path.resolve().name.lower()}
+        for part in self.path.absolute().parts:  # hub cache: .../models--org--name/snapshots/<rev>
+            if part.startswith("models--"):
+                hints.add(part.rsplit("--", 1)[-1].lower())
         recorded = self.config.get("_name_or_path")
         if isinstance(recorded, str) and recorded:
             hints.add(recorded.rstrip("/").rsplit("/", 1)[-1].lower())

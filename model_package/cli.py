@@ -91,9 +91,9 @@ def parser() -> argparse.ArgumentParser:
                      help="tar: one deterministic model.tar.gz (ModelDataUrl); dir: an uncompressed tree for "
                           "an S3 prefix (ModelDataSource S3Prefix, what LMI recommends for large models). "
                           "Default: tar")
-    out.add_argument("--compress-level", type=int, default=6, metavar="0-9",
-                     help="gzip level for --format tar (default 6, the level of gzip and tar -czf; 1 is "
-                          "several times faster on model weights for a slightly larger archive)")
+    out.add_argument("--compress-level", type=int, default=1, metavar="0-9",
+                     help="gzip level for --format tar (default 1: on model weights about 1%% larger than "
+                          "level 6, the level of tar -czf, and several times faster; see docs/benchmarks.md)")
     out.add_argument("--workers", type=int, default=0, metavar="N",
                      help="threads for hashing and compression (default: one per CPU)")
     out.add_argument("--no-progress", dest="progress", action="store_false",

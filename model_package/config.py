@@ -38,7 +38,8 @@ class BuildOptions:
     allow_modules_to_save: bool = False
     allow_base_mismatch: bool = False
     convert_pickle: bool = False
-    compress_level: int = 6
+    compress_level: int = 1
+    """gzip level; 1 because model weights barely compress at any level (see docs/benchmarks.md)."""
     workers: int = 0
     """Threads for hashing and compression; 0 means one per CPU."""
     progress: bool = True
