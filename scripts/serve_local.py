@@ -56,6 +56,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _remove(temp_dir: Path | None) -> None:
+    """The extracted archive goes away with the server."""
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -86,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             endpoint_name=args.endpoint_name,
             drain_timeout_s=args.drain_timeout,
             on_load_failure=load_failed,
+            on_shutdown=lambda: _remove(spec.temp_dir),
         )
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 timeout_graceful_shutdown=int(args.drain_timeout))
@@ -99,8 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if spec.temp_dir is not None:
-            shutil.rmtree(spec.temp_dir, ignore_errors=True)
+        _remove(spec.temp_dir)
     if failures:
         print(f"error: the model did not load: {failures[0]}", file=sys.stderr)
         return EXIT_FAILED

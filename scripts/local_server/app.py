@@ -33,6 +33,7 @@ def create_app(
     endpoint_name: str = DEFAULT_ENDPOINT_NAME,
     drain_timeout_s: float = 60.0,
     on_load_failure: Callable[[BaseException], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> FastAPI:
     """An app serving ``served``; it loads the model (init call) at start-up unless it is ready already."""
     batcher = Batcher(served.handle, served.djl, batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
@@ -57,6 +58,8 @@ def create_app(
             if loading is not None and not loading.done():
                 await asyncio.wait([loading], timeout=drain_timeout_s)
             await batcher.drain(drain_timeout_s)
+            if on_shutdown is not None:  # before uvicorn re-raises a captured SIGTERM / SIGINT
+                on_shutdown()
 
     app = FastAPI(
         title="lora-endpoint (local)",
