@@ -40,7 +40,6 @@ class ChatRequest:
     n: int = 1
     stream: bool = False
     include_usage: bool = False
-    adapter: str | None = None  # resolved from ``model`` by the service (needs the adapter list)
     kind: str = "chat"
 
 

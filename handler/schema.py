@@ -315,6 +315,8 @@ def with_adapter_header(request: Any, adapter: str | None) -> Any:
     name = None if adapter in BASE_MODEL_ALIASES else adapter
     if isinstance(request, GenerateRequest):
         return replace(request, adapters=tuple(name if a is None else a for a in request.adapters))
+    if getattr(request, "kind", "") == "chat":  # chat names its adapter in ``model``
+        return replace(request, model=name) if request.model is None else request
     if hasattr(request, "adapter") and request.adapter is None:
         return replace(request, adapter=name)
     return request

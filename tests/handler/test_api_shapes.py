@@ -75,6 +75,13 @@ def test_chat_mixed_with_plain_requests_in_one_batch(served) -> None:
             assert got == want
 
 
+def test_adapter_header_selects_the_chat_adapter(served) -> None:
+    by_model = call({**CHAT, "model": "beta"}).json()
+    by_header = call(CHAT, X_Amzn_SageMaker_Adapter_Identifier="beta").json()
+    assert by_header["choices"] == by_model["choices"]
+    assert call(CHAT).json()["choices"] != by_model["choices"]
+
+
 def test_chat_n_and_seed(served) -> None:
     body = call({**CHAT, "n": 2, "temperature": 0.9, "seed": 5, "model": "alpha"}).json()
     assert_chat_completion(body, n=2)
@@ -187,6 +194,8 @@ def test_time_budget_ends_a_long_request_with_time_limit(djl, tiny_model_dir, mo
     monkeypatch.setattr(entry, "_runtime", entry._Runtime())
     entry.handle(Input({"model_dir": str(tiny_model_dir), "time_budget_s": "0.3", "max_new_tokens": "100000"}))
     monkeypatch.setattr(entry._runtime.model, "context_length", 200_000)  # room for a very long answer
+    # Sampling may draw </s> early on a fast machine; without EOS only the budget can end this request.
+    monkeypatch.setattr("handler.generation._eos_ids", lambda *_args: frozenset())
     started = time.monotonic()
     body = call({"inputs": "Hello", "parameters": {"max_new_tokens": 100000, "do_sample": True, "seed": 3}}).json()
     elapsed = time.monotonic() - started
