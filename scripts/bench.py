@@ -59,6 +59,7 @@ def build_models(work: Path, config: TinyModelConfig, adapters: int) -> dict[str
     dirs = {"base": work / "m-base", "multi": work / "m-multi", "single": work / "m-single"}
     for path in dirs.values():
         (path / "adapters").mkdir(parents=True)
+        (path / "base").symlink_to(base)  # one base on disk, found where a package keeps it
     for index in range(adapters):
         build_lora_adapter(
             base,
