@@ -33,7 +33,7 @@ lint: venv
 typecheck: lint
 
 demo: venv
-	@echo "make demo: not yet - the end-to-end demo lands with the local endpoint issue."
+	$(PY) scripts/demo.py
 
 bench: venv
 	$(PY) scripts/bench.py

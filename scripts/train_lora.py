@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 0:
         print(f"train_lora: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not args.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars too
     if args.threads:
         import torch
 

@@ -173,8 +173,8 @@ def run_loop(model: Any, train: Sequence[Encoded], *, epochs: int, batch_size: i
             result.train_losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{result.train_losses[-1]:.4f}")
-        if not epoch_log:
-            continue
+        if not epoch_log or (epoch % max(1, epochs // 10) and epoch != epochs):
+            continue  # about ten epoch lines per run
         recent = result.train_losses[-per_epoch:]
         message = f"epoch {epoch}/{epochs}: train loss {sum(recent) / len(recent):.4f}"
         if eval_set:
