@@ -31,7 +31,7 @@ Dataset: a .jsonl file (one record a line) or a .json list of records, each eith
   {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
                                          rendered with the base tokenizer's chat template, as the chat route does
 Loss is taken on response tokens only (every assistant turn, plus EOS). A seeded share of the records
-(--eval-split) is held out and its loss reported before training and after every epoch.
+(--eval-split) is held out and its loss reported before training and after epochs (about ten lines a run).
 Uses CUDA when present (bfloat16 base weights where supported), else the CPU.
 """
 
