@@ -189,3 +189,11 @@ def test_merge_bakes_the_adapter_into_the_base(
         actual = merged(ids).logits
     assert not torch.allclose(plain, expected), "the adapter changes the output"
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_hub_cache_snapshot_is_known_by_its_repo_name() -> None:
+    from model_package.base import BaseModel
+
+    snapshot = Path("/cache/hub/models--meta-llama--Llama-3.1-8B/snapshots/0123abcd")
+    base = BaseModel(path=snapshot, config={}, weight_names=frozenset(), files=())
+    assert {"llama-3.1-8b", "0123abcd"} <= base.name_hints
