@@ -164,6 +164,25 @@ class HandlerSettings:
         return settings
 
 
+def serving_options(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``option.*`` lines of a ``serving.properties`` file, prefix stripped ({} when absent).
+
+    DJL hands these to ``handle()`` on its init call; the SageMaker toolkit does not, so ``model_fn``
+    reads them itself and both runtimes see the same settings.
+    """
+    options: dict[str, str] = {}
+    try:
+        text = open(path, encoding="utf-8").read()  # noqa: SIM115 - tiny file, read once at start-up
+    except FileNotFoundError:
+        return options
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("option.") and "=" in line:
+            key, _, value = line[len("option.") :].partition("=")
+            options[key.strip()] = value.strip()
+    return options
+
+
 def env_var(field_name: str) -> str:
     """The environment variable that sets ``HandlerSettings.<field_name>``."""
     if field_name not in {f.name for f in dataclasses.fields(HandlerSettings)}:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import service
-from .config import HandlerSettings
+from .config import HandlerSettings, serving_options
 from .errors import HandlerError, NotAcceptable, UnknownAdapter, internal_error_body
 from .loading import LoadedModel, load_model
 from .schema import decode_json, parse_body, with_adapter_header
@@ -51,7 +51,9 @@ _runtime = _Runtime()
 
 def model_fn(model_dir: str) -> LoadedModel:
     """Load the base model and every adapter found in ``model_dir``."""
-    settings = _runtime.current_settings()
+    if _runtime.settings is None:  # not started by DJL: read the package's serving.properties ourselves
+        _runtime.settings = HandlerSettings.from_options(serving_options(os.path.join(model_dir, "serving.properties")))
+    settings = _runtime.settings
     logging.basicConfig(level=settings.log_level)
     model = load_model(model_dir, settings)
     _runtime.model = model

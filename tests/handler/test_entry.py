@@ -61,6 +61,23 @@ def test_toolkit_chain_model_input_predict_output(tiny_model_dir, monkeypatch) -
     assert body[0]["details"]["generated_tokens"] <= 4
 
 
+def test_model_fn_reads_serving_properties_options(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    # GIVEN a package whose serving.properties sets handler options (the toolkit never passes them)
+    import shutil
+
+    package = tmp_path / "pkg"
+    shutil.copytree(tiny_model_dir, package)
+    (package / "serving.properties").write_text(
+        "engine=Python\noption.entryPoint=model.py\noption.default_max_new_tokens=3\noption.default_adapter=beta\n"
+    )
+    monkeypatch.setattr(entry, "_runtime", entry._Runtime())
+    model = entry.model_fn(str(package))
+    assert model.settings.default_adapter == "beta"
+    body = json.loads(entry.output_fn(entry.predict_fn(entry.input_fn('{"inputs": "Hi"}', "application/json"), model),
+                                      "application/json"))
+    assert body["details"]["generated_tokens"] <= 3
+
+
 def test_init_then_request(served) -> None:
     out = call({"inputs": "Hello world", "adapters": "alpha"})
     assert out.code == 200
