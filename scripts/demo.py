@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENDPOINT = "lora-local"
 ADAPTER = "demo"
 MAX_NEW_TOKENS = 12
+MARKER = ".lora-demo"  # the demo empties only a work dir that holds this file (or an empty / new one)
 # Tiny models run fastest on one thread, and a second one only fights other work on a 2-core machine.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -272,7 +273,7 @@ Next steps for a real deployment (README: "From the demo to AWS"):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".demo",
-                        help="where every artifact goes; emptied first (default: .demo/)")
+                        help="where every artifact goes; emptied first if a previous demo made it (default: .demo/)")
     parser.add_argument("--port", type=int, default=0, help="local endpoint port (default: a free one)")
     parser.add_argument("--skip-cdk", action="store_true", help="do not synthesize the CDK stack")
     args = parser.parse_args(argv)
@@ -282,8 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar()  # the steps have their own headers and timings
     work = args.workdir.resolve()
+    if work.is_dir() and any(work.iterdir()) and not (work / MARKER).is_file():
+        print(f"demo: refusing to empty --workdir {work}: it is not empty and not a demo work dir (no {MARKER})",
+              file=sys.stderr)
+        return 2
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    (work / MARKER).write_text("made by scripts/demo.py; emptied by its next run\n")
     base, adapter, archive = work / "base", work / "adapters" / ADAPTER, work / "model.tar.gz"
     demo = Demo(total=9)
     print(f"lora-endpoint demo: everything goes to {rel(work)}/")
