@@ -238,6 +238,8 @@ def synth(archive: Path, out: Path) -> None:
         raise Skip("aws-cdk-lib is not installed (pip install -e '.[cdk]')")
     if not (ROOT / "cdk" / "app.py").is_file():
         raise Skip("cdk/app.py is missing")
+    if shutil.which("node") is None:
+        raise Skip("Node.js is not on PATH (the CDK libraries run on it)")
     context = {"model_data": str(archive.resolve())}
     proc = run([sys.executable, "-m", "cdk.app"], timeout=240, env={
         "CDK_OUTDIR": str(out), "CDK_CONTEXT_JSON": json.dumps(context),
