@@ -140,7 +140,6 @@ def load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel:
     """Load the base model and every adapter under ``<model_dir>/<adapters_dir>`` once, by name."""
     import time
 
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
@@ -189,7 +188,6 @@ def load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel:
     context = _context_length(model.config, tokenizer)
     if settings.max_input_tokens:
         context = min(context, settings.max_input_tokens)
-    torch.set_grad_enabled(False)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
