@@ -1,6 +1,7 @@
 # The README's commands. Every target that needs Python creates .venv first.
 PY := .venv/bin/python
-# pip takes torch 2.13.0 from a local CPU wheel where one lies on disk (see README, "Installing").
+# torch is pinned first: where a CPU wheel of it lies on disk pip takes that one (see README, Quick start);
+# override with `make TORCH_SPEC=torch==X.Y venv` for another build.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= handler,tools,cdk,dev
 
@@ -43,6 +44,5 @@ clean:
 
 # Synthesize the CDK app offline (no AWS credentials): cdk.out/LoraEndpoint.template.json, checked by cdk-nag.
 # Context keys: see README "Deploy to AWS"; pass them with `npx cdk synth -c key=value`.
-synth:
-	@test -x $(PY) || { echo "no .venv: run 'make venv' first"; exit 1; }
+synth: venv
 	CDK_OUTDIR=cdk.out $(PY) -m cdk.app
