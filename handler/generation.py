@@ -82,7 +82,7 @@ class _RowState:
 
     def push(self, token_id: int, deadline_passed: bool) -> str:
         """Add a token; return the text that is now safe to emit."""
-        if token_id in self.eos_ids:
+        if token_id in self.eos_ids and not self.row.params.ignore_eos:
             self.finish = EOS
             return self._flush()
         self.ids.append(token_id)
@@ -140,10 +140,13 @@ def _pick_tokens(logits: Any, rows: Sequence[Row], histories: Sequence[Any], gen
     """Choose the next token of every row with that row's own sampling parameters."""
     import torch
 
-    chosen = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    # Plain greedy rows (the common case) take one argmax for the whole batch; the rest go row by row.
+    chosen = torch.argmax(logits, dim=-1)
     for i, row in enumerate(rows):
-        scores = logits[i]
         p = row.params
+        if p.greedy and (p.repetition_penalty == 1.0 or not histories[i].numel()):
+            continue
+        scores = logits[i]
         if p.repetition_penalty != 1.0 and histories[i].numel():
             seen = histories[i]
             picked = scores.gather(0, seen)

@@ -34,6 +34,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -163,7 +164,7 @@ def read_adapter_field(value: Any, field: str, count: int) -> tuple[str | None, 
 
 PARAMETER_KEYS = frozenset(
     {"max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "repetition_penalty", "seed", "stop",
-     "stop_sequences", "return_full_text", "details", "num_return_sequences"}
+     "stop_sequences", "return_full_text", "details", "num_return_sequences", "ignore_eos"}
 )
 GENERATE_KEYS = frozenset({"inputs", "parameters", "adapters", "stream"})
 SIMPLE_KEYS = frozenset({"prompt", "max_length", "max_new_tokens", "temperature", "top_p", "adapters", "stream"})
@@ -191,6 +192,7 @@ def read_sampling(params: Mapping[str, Any], settings: HandlerSettings, prefix: 
         ),
         seed=None if params.get("seed") is None else read_int(params, "seed", f"{prefix}seed", 0, MAX_SEED, 0),
         stop=read_stop(params, ("stop", "stop_sequences"), prefix),
+        ignore_eos=read_bool(params, "ignore_eos", f"{prefix}ignore_eos", False),
     )
 
 

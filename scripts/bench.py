@@ -39,6 +39,8 @@ from handler.service import run  # noqa: E402
 from scripts.tiny_model import TinyModelConfig, build_lora_adapter, build_tiny_model  # noqa: E402
 
 BENCH_BEGIN, BENCH_END = "<!-- bench:serving -->", "<!-- /bench:serving -->"
+# Every request runs to exactly new_tokens (ignore_eos): the random model's early EOS would otherwise
+# make latencies incomparable.
 PROMPTS = ["The quick brown fox", "A LoRA adapter adds", "SageMaker endpoints serve", "Hello world, this is"]
 
 
@@ -85,7 +87,10 @@ def build_models(work: Path, config: TinyModelConfig, adapters: int) -> dict[str
 
 def request(lm: LoadedModel, prompts: list[str], adapters: list[str | None], new_tokens: int) -> GenerateRequest:
     return GenerateRequest(
-        inputs=tuple(prompts), adapters=tuple(adapters), is_list=True, params=SamplingParams(max_new_tokens=new_tokens)
+        inputs=tuple(prompts),
+        adapters=tuple(adapters),
+        is_list=True,
+        params=SamplingParams(max_new_tokens=new_tokens, ignore_eos=True),
     )
 
 
@@ -107,6 +112,7 @@ def bench_overhead(base_lm: LoadedModel, new_tokens: int, repeat: int) -> dict[s
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
                 do_sample=False,
                 pad_token_id=base_lm.tokenizer.pad_token_id,
             )
@@ -253,7 +259,10 @@ def _drive(url: str, clients: int, per_client: int, new_tokens: int) -> dict[str
     def client(index: int) -> None:
         with httpx.Client(timeout=300) as http:
             for j in range(per_client):
-                body = {"inputs": PROMPTS[(index + j) % len(PROMPTS)], "parameters": {"max_new_tokens": new_tokens}}
+                body = {
+                    "inputs": PROMPTS[(index + j) % len(PROMPTS)],
+                    "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True},
+                }
                 start = time.perf_counter()
                 response = http.post(f"{url}/invocations", json=body)
                 elapsed = time.perf_counter() - start

@@ -98,6 +98,10 @@ def test_max_new_tokens_and_eos(loaded) -> None:
     long = solo(loaded, "Hello world", None, replace(GREEDY, max_new_tokens=40))
     assert long.finish_reason == EOS
     assert long.token_ids[-1] == loaded.tokenizer.eos_token_id
+    # ignore_eos (for benchmarks) runs past it to max_new_tokens
+    forced = solo(loaded, "Hello world", None, replace(GREEDY, max_new_tokens=40, ignore_eos=True))
+    assert (forced.finish_reason, len(forced.token_ids)) == (LENGTH, 40)
+    assert forced.token_ids[: len(long.token_ids)] == long.token_ids
 
 
 def test_time_budget_stops_a_long_request_with_time_limit(loaded) -> None:
