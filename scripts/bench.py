@@ -12,6 +12,7 @@ docs/benchmarks.md with the command and the machine. A script, not a test: it as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -152,7 +153,7 @@ def bench_merged(dirs: dict[str, Path], settings: HandlerSettings, new_tokens: i
         ("unmerged", dirs["single"], False, "a0"),
         ("merged", dirs["single"], True, None),
     ):
-        lm = load_model(path, HandlerSettings(**{**settings.__dict__, "base_model": base_path, "merge": merge}))
+        lm = load_model(path, dataclasses.replace(settings, base_model=base_path, merge=merge))
         one = request(lm, [PROMPTS[1]], [adapter], new_tokens)
         out[f"{label}_s"], _ = timed(functools.partial(run, lm, [one]), repeat)
         del lm
@@ -171,7 +172,7 @@ def bench_cold_start(dirs: dict[str, Path], settings: HandlerSettings) -> dict[s
 
     base_path = str(dirs["base_path"])
     start = time.perf_counter()
-    lm = load_model(dirs["multi"], HandlerSettings(**{**settings.__dict__, "base_model": base_path}))
+    lm = load_model(dirs["multi"], dataclasses.replace(settings, base_model=base_path))
     handler_s = time.perf_counter() - start
     device = lm.device
     del lm
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         params = sum(
             p.numel()
             for p in load_model(
-                dirs["base"], HandlerSettings(**{**settings.__dict__, "base_model": str(dirs["base_path"])})
+                dirs["base"], dataclasses.replace(settings, base_model=str(dirs["base_path"]))
             ).model.parameters()
         )
         figures["model"] = (
@@ -404,15 +405,11 @@ def main(argv: list[str] | None = None) -> int:
             else f"{params / 1e6:.1f}M parameters on CUDA"
         )
         print(f"model: {figures['model']}", flush=True)
-        base_lm = load_model(
-            dirs["base"], HandlerSettings(**{**settings.__dict__, "base_model": str(dirs["base_path"])})
-        )
+        base_lm = load_model(dirs["base"], dataclasses.replace(settings, base_model=str(dirs["base_path"])))
         figures["overhead"] = bench_overhead(base_lm, args.new_tokens, args.repeat)
         print("overhead", figures["overhead"], flush=True)
         del base_lm
-        multi = load_model(
-            dirs["multi"], HandlerSettings(**{**settings.__dict__, "base_model": str(dirs["base_path"])})
-        )
+        multi = load_model(dirs["multi"], dataclasses.replace(settings, base_model=str(dirs["base_path"])))
         figures["mixed"] = bench_mixed(multi, args.rows, args.new_tokens, args.repeat)
         print("mixed", figures["mixed"], flush=True)
         del multi
