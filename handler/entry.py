@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from . import service
@@ -62,8 +61,8 @@ def model_fn(model_dir: str) -> LoadedModel:
 
 def input_fn(request_body: bytes | str, content_type: str | None) -> Any:
     """Parse and validate a request body into a typed request."""
-    return parse_body(decode_json(request_body, content_type, _runtime.current_settings()),
-                      _runtime.current_settings())
+    settings = _runtime.current_settings()
+    return parse_body(decode_json(request_body, content_type, settings), settings)
 
 
 def predict_fn(input_data: Any, model: LoadedModel) -> Any:
@@ -80,10 +79,16 @@ def output_fn(prediction: Any, accept: str | None) -> bytes:
     """Serialise a prediction as JSON (streams were already rendered as JSON lines / SSE)."""
     if isinstance(prediction, bytes | bytearray):
         return bytes(prediction)
-    media = (accept or JSON).split(";")[0].split(",")[0].strip().lower()
-    if media not in (JSON, "*/*", "application/*", ""):
-        raise NotAcceptable(f"Accept must be application/json, got {accept!r}")
+    _check_accept(accept, streaming=False)
     return json.dumps(prediction, ensure_ascii=False).encode("utf-8")
+
+
+def _check_accept(accept: str | None, *, streaming: bool) -> None:
+    """JSON (or, for a stream, its JSON-lines / SSE type) is all the handler writes."""
+    media = (accept or JSON).split(";")[0].split(",")[0].strip().lower()
+    allowed = {JSON, "*/*", "application/*", ""} | ({EVENT_STREAM, JSON_LINES} if streaming else set())
+    if media not in allowed:
+        raise NotAcceptable(f"Accept must be application/json, got {accept!r}")
 
 
 # --- DJL Serving ----------------------------------------------------------------------------------
@@ -102,18 +107,12 @@ def _ensure_loaded(inputs: Any) -> bool:
     with _runtime.lock:
         if _runtime.model is None:
             _load_from_djl(dict(inputs.get_properties()))
-            return bool(inputs.is_empty())
     return bool(inputs.is_empty())
 
 
 def _parse_item(item: Any) -> Any:
     request = input_fn(item.get_as_bytes() or b"", item.get_property("Content-Type"))
-    accept = item.get_property("Accept")
-    if accept:
-        wanted = {EVENT_STREAM, JSON_LINES} if getattr(request, "stream", False) else set()
-        media = accept.split(";")[0].split(",")[0].strip().lower()
-        if media not in {JSON, "*/*", "application/*", *wanted}:
-            raise NotAcceptable(f"Accept must be application/json, got {accept!r}")
+    _check_accept(item.get_property("Accept"), streaming=getattr(request, "stream", False))
     return with_adapter_header(request, item.get_property(ADAPTER_HEADER))
 
 
@@ -228,7 +227,3 @@ def register_adapter(inputs: Any) -> Any:
     log.warning("register_adapter(%s): only adapters packaged under adapters/ are served", name)
     return _error_output(Output, 404, UnknownAdapter(f"adapter {name!r} is not in the package").body())
 
-
-def stream_chunks(model: LoadedModel, request: Any) -> Iterator[bytes]:
-    """The streaming body for one request (the local endpoint uses this)."""
-    return service.stream(model, request)

@@ -172,9 +172,9 @@ def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
     Preparation errors raise before the first chunk, so the caller can still answer with a status.
     Closing the iterator (the client went away) stops generation at the next token.
     """
-    prepared = prepare(lm, request)
     if isinstance(request, GenerateRequest) and (request.is_list or request.num_return_sequences > 1):
         raise InvalidRequest("stream supports a single input with num_return_sequences 1", param="stream")
+    prepared = prepare(lm, request)
     return _stream_chat(lm, prepared) if isinstance(request, chat.ChatRequest) else _stream_lines(lm, prepared)
 
 

@@ -146,14 +146,13 @@ def bench_mixed(multi: LoadedModel, rows: int, new_tokens: int, repeat: int) -> 
 
 def bench_merged(dirs: dict[str, Path], settings: HandlerSettings, new_tokens: int, repeat: int) -> dict[str, float]:
     """Latency of one request: base model, adapter unmerged (peft), adapter merged into the weights."""
-    base_path = str(dirs["base_path"])
     out: dict[str, float] = {}
     for label, path, merge, adapter in (
         ("base", dirs["base"], False, None),
         ("unmerged", dirs["single"], False, "a0"),
         ("merged", dirs["single"], True, None),
     ):
-        lm = load_model(path, dataclasses.replace(settings, base_model=base_path, merge=merge))
+        lm = load_model(path, dataclasses.replace(settings, merge=merge))
         one = request(lm, [PROMPTS[1]], [adapter], new_tokens)
         out[f"{label}_s"], _ = timed(functools.partial(run, lm, [one]), repeat)
         del lm
@@ -172,7 +171,7 @@ def bench_cold_start(dirs: dict[str, Path], settings: HandlerSettings) -> dict[s
 
     base_path = str(dirs["base_path"])
     start = time.perf_counter()
-    lm = load_model(dirs["multi"], dataclasses.replace(settings, base_model=base_path))
+    lm = load_model(dirs["multi"], settings)
     handler_s = time.perf_counter() - start
     device = lm.device
     del lm
@@ -392,12 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"new_tokens": args.new_tokens, "rows": args.rows, "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
         dirs = build_models(Path(tmp), config, adapters=4)
-        params = sum(
-            p.numel()
-            for p in load_model(
-                dirs["base"], dataclasses.replace(settings, base_model=str(dirs["base_path"]))
-            ).model.parameters()
-        )
+        params = sum(p.numel() for p in load_model(dirs["base"], settings).model.parameters())
         figures["model"] = (
             f"Llama hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
             f"{params / 1e6:.1f}M parameters, LoRA r=16 on q/k/v/o, float32"
@@ -405,11 +399,11 @@ def main(argv: list[str] | None = None) -> int:
             else f"{params / 1e6:.1f}M parameters on CUDA"
         )
         print(f"model: {figures['model']}", flush=True)
-        base_lm = load_model(dirs["base"], dataclasses.replace(settings, base_model=str(dirs["base_path"])))
+        base_lm = load_model(dirs["base"], settings)
         figures["overhead"] = bench_overhead(base_lm, args.new_tokens, args.repeat)
         print("overhead", figures["overhead"], flush=True)
         del base_lm
-        multi = load_model(dirs["multi"], dataclasses.replace(settings, base_model=str(dirs["base_path"])))
+        multi = load_model(dirs["multi"], settings)
         figures["mixed"] = bench_mixed(multi, args.rows, args.new_tokens, args.repeat)
         print("mixed", figures["mixed"], flush=True)
         del multi
@@ -418,7 +412,6 @@ def main(argv: list[str] | None = None) -> int:
         figures["cold_start"] = bench_cold_start(dirs, settings)
         print("cold start", figures["cold_start"], flush=True)
         env = {
-            "LORA_BASE_MODEL": str(dirs["base_path"]),
             "LORA_DEVICE": args.device,
             "LORA_MAX_NEW_TOKENS": str(settings.max_new_tokens),
             "LORA_TIME_BUDGET_S": "0",
