@@ -8,6 +8,7 @@ Every message names the field and the bound, e.g. "parameters.max_new_tokens mus
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -87,7 +88,8 @@ def read_float(
     value = obj.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # json.loads accepts NaN and Infinity: neither passes a range check, so refuse them here.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidRequest(f"{field} must be a number, got {value!r}", param=field)
     bad_low = value <= low if low_open else value < low
     if bad_low or value > high:
@@ -282,6 +284,8 @@ def decode_json(body: bytes | str | None, content_type: str | None, settings: Ha
         data = json.loads(raw)
     except UnicodeDecodeError:
         raise InvalidRequest("request body is not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
     except json.JSONDecodeError as err:
         where = f"line {err.lineno} column {err.colno}"
         raise InvalidRequest(f"request body is not valid JSON: {err.msg} at {where}") from None

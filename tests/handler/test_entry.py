@@ -136,6 +136,15 @@ def test_batch_with_one_bad_item_answers_the_others(served) -> None:
         ),
         ({"inputs": "hi", "parameters": {"temperature": 9}}, {}, 400, "invalid_request", "parameters.temperature"),
         (
+            '{"inputs": "hi", "parameters": {"temperature": NaN}}',
+            {},
+            400,
+            "invalid_request",
+            "parameters.temperature must be a number, got nan",
+        ),
+        ('{"inputs": "hi", "parameters": {"top_p": Infinity}}', {}, 400, "invalid_request", "parameters.top_p"),
+        ("[" * 100_000 + "]" * 100_000, {}, 400, "invalid_request", "nested too deeply"),
+        (
             {"inputs": "hi", "parameters": {"bogus": 1}},
             {},
             400,
