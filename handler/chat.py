@@ -13,21 +13,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import contract
 from .config import HandlerSettings
-from .errors import InvalidRequest
-from .schema import SamplingParams, read_bool, read_float, read_int, read_stop, reject_unknown
-
-ROLES = frozenset({"system", "user", "assistant"})
-CHAT_KEYS = frozenset(
-    {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
-     "stream", "stream_options", "user", "adapters"}
+from .errors import InvalidRequest, shown
+from .schema import (
+    SamplingParams,
+    adapter_name,
+    one_of,
+    read_bool,
+    read_float,
+    read_int,
+    read_object,
+    read_stop,
+    read_str,
+    read_top_k,
+    reject_unknown,
+    reject_unsupported,
 )
-UNSUPPORTED = {
-    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
-    "function_call": "function calling", "response_format": "structured output", "logit_bias": "logit_bias",
-    "logprobs": "logprobs", "top_logprobs": "logprobs", "audio": "audio", "modalities": "modalities",
-    "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
-}
+
+CHAT_KEYS = frozenset(contract.CHAT_PARAMETERS) | frozenset(contract.CHAT_UNSUPPORTED) | {"messages"}
+# Roles as the chat template sees them: OpenAI's "developer" is its newer name for "system".
+ROLE_FOR_TEMPLATE = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # finish_reason in OpenAI's vocabulary; the time budget reads as "length" so strict clients still parse.
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length", "time_limit": "length"}
 
@@ -53,64 +59,64 @@ def _content(message: Mapping[str, Any], index: int) -> str:
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise InvalidRequest(f"{field}: only text parts are supported, got {kind!r}", param=field)
+                raise InvalidRequest(f"{field}: only text parts are supported, got {shown(kind)}", param=field)
             parts.append(part["text"])
         return "".join(parts)
     raise InvalidRequest(f"{field} must be a string or a list of text parts", param=field)
 
 
-def parse_chat(body: Mapping[str, Any], settings: HandlerSettings) -> ChatRequest:
-    for key, feature in UNSUPPORTED.items():
-        if body.get(key) not in (None, False, 0, 0.0):
-            raise InvalidRequest(f"{key}: {feature} is not supported by this endpoint", param=key)
-    reject_unknown({k: v for k, v in body.items() if k not in UNSUPPORTED}, CHAT_KEYS, "a chat request")
-    raw = body.get("messages")
+def _messages(raw: Any) -> list[dict[str, str]]:
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest("messages must be a non-empty list", param="messages")
     messages = []
     for index, message in enumerate(raw):
+        field = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise InvalidRequest(f"messages[{index}] must be an object", param="messages")
+            raise InvalidRequest(f"{field} must be an object", param="messages")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLE_FOR_TEMPLATE:
+            hint = "; tool messages need tool calling, which this endpoint does not support" if role == "tool" else ""
             raise InvalidRequest(
-                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}, got {role!r}", param="messages"
+                f"{field}.role must be one of {', '.join(contract.CHAT_ROLES)}, got {shown(role)}{hint}",
+                param=f"{field}.role",
             )
-        extra = set(message) - {"role", "content", "name"}
-        if extra:
-            raise InvalidRequest(f"messages[{index}] has unsupported fields: {', '.join(sorted(extra))}")
-        messages.append({"role": role, "content": _content(message, index)})
+        reject_unknown(message, contract.MESSAGE_FIELDS, field)
+        read_str(message, "name", f"{field}.name")
+        messages.append({"role": ROLE_FOR_TEMPLATE[role], "content": _content(message, index)})
     if messages[-1]["role"] == "assistant":
         raise InvalidRequest("the last message must not be from the assistant", param="messages")
+    return messages
 
-    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
-        raise InvalidRequest("give only one of max_tokens, max_completion_tokens", param="max_tokens")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+
+def parse_chat(body: Mapping[str, Any], settings: HandlerSettings) -> ChatRequest:
+    reject_unknown(body, CHAT_KEYS, "a chat request")
+    reject_unsupported(body, contract.CHAT_UNSUPPORTED, "")
+    messages = _messages(body.get("messages"))
+    key = one_of(body, ("max_tokens", "max_completion_tokens"), "") or "max_tokens"
     temperature = read_float(body, "temperature", "temperature", 0.0, 2.0, 1.0)
     params = SamplingParams(
         max_new_tokens=read_int(body, key, key, 1, settings.max_new_tokens, settings.default_max_new_tokens),
-        do_sample=temperature > 0.0,  # OpenAI samples by default; temperature 0 is greedy
+        do_sample=True,  # OpenAI samples by default; a temperature of 0 (below 1e-5) is greedy
         temperature=temperature,
         top_p=read_float(body, "top_p", "top_p", 0.0, 1.0, 1.0, low_open=True),
+        top_k=read_top_k(body, "top_k"),
+        repetition_penalty=read_float(body, "repetition_penalty", "repetition_penalty", 0.0, 10.0, 1.0,
+                                      low_open=True),
         seed=None if body.get("seed") is None else read_int(body, "seed", "seed", 0, 2**63 - 1, 0),
         stop=read_stop(body, ("stop",), ""),
+        ignore_eos=read_bool(body, "ignore_eos", "ignore_eos", False),
     )
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise InvalidRequest("stream_options may hold only include_usage", param="stream_options")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequest("model must be a string", param="model")
-    adapters = body.get("adapters")
-    if adapters is not None and not isinstance(adapters, str):
-        raise InvalidRequest("adapters must be a string in a chat request", param="adapters")
-    stream = read_bool(body, "stream", "stream", False)
+    options = read_object(body, "stream_options", "stream_options")
+    reject_unknown(options, ("include_usage",), "stream_options")
+    model = adapter_name(read_str(body, "model", "model"), "model")
+    adapters = adapter_name(read_str(body, "adapters", "adapters"), "adapters")
+    read_str(body, "user", "user")
     return ChatRequest(
         messages=tuple(messages),
-        model=model or adapters or None,
+        model=model or adapters,
         params=params,
         n=read_int(body, "n", "n", 1, settings.max_return_sequences, 1),
-        stream=stream,
+        stream=read_bool(body, "stream", "stream", False),
         include_usage=read_bool(options, "include_usage", "stream_options.include_usage", False),
     )
 

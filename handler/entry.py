@@ -13,18 +13,16 @@ import os
 import threading
 from typing import Any
 
-from . import service
+from . import __version__, service, streaming
 from .config import HandlerSettings, serving_options
-from .errors import HandlerError, NotAcceptable, UnknownAdapter, internal_error_body
+from .errors import HandlerError, UnknownAdapter, internal_error_body, shown
 from .loading import LoadedModel, load_model
+from .media import JSON, check_accept
 from .schema import decode_json, parse_body, with_adapter_header
 
 log = logging.getLogger("lora_endpoint.handler")
 
 ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
-JSON = "application/json"
-JSON_LINES = "application/jsonlines"
-EVENT_STREAM = "text/event-stream"
 DEFAULT_MODEL_DIR = "/opt/ml/model"
 
 
@@ -56,7 +54,22 @@ def model_fn(model_dir: str) -> LoadedModel:
     logging.basicConfig(level=settings.log_level)
     model = load_model(model_dir, settings)
     _runtime.model = model
+    _log_loaded(model)
     return model
+
+
+def _log_loaded(model: LoadedModel) -> None:
+    """What model info no longer shows callers (versions, device, memory) goes to the operator's log."""
+    import peft
+    import torch
+    import transformers
+
+    log.info(
+        "serving %s (%s on %s, context %d) with adapters %s in %.1f s; handler %s, torch %s, transformers %s, "
+        "peft %s", model.base_name, str(model.dtype).removeprefix("torch."), model.device, model.context_length,
+        sorted(model.adapters) or "none", model.load_seconds, __version__, torch.__version__,
+        transformers.__version__, peft.__version__,
+    )
 
 
 def input_fn(request_body: bytes | str, content_type: str | None) -> Any:
@@ -68,7 +81,7 @@ def input_fn(request_body: bytes | str, content_type: str | None) -> Any:
 def predict_fn(input_data: Any, model: LoadedModel) -> Any:
     """Generate for one parsed request; returns the JSON-ready response (or a stream of bytes)."""
     if getattr(input_data, "stream", False):
-        return b"".join(service.stream(model, input_data))
+        return b"".join(streaming.stream(model, input_data))
     answer = service.run(model, [input_data])[0]
     if isinstance(answer, HandlerError):
         raise answer
@@ -79,16 +92,8 @@ def output_fn(prediction: Any, accept: str | None) -> bytes:
     """Serialise a prediction as JSON (streams were already rendered as JSON lines / SSE)."""
     if isinstance(prediction, bytes | bytearray):
         return bytes(prediction)
-    _check_accept(accept, streaming=False)
+    check_accept(accept, stream_type=None)
     return json.dumps(prediction, ensure_ascii=False).encode("utf-8")
-
-
-def _check_accept(accept: str | None, *, streaming: bool) -> None:
-    """JSON (or, for a stream, its JSON-lines / SSE type) is all the handler writes."""
-    media = (accept or JSON).split(";")[0].split(",")[0].strip().lower()
-    allowed = {JSON, "*/*", "application/*", ""} | ({EVENT_STREAM, JSON_LINES} if streaming else set())
-    if media not in allowed:
-        raise NotAcceptable(f"Accept must be application/json, got {accept!r}")
 
 
 # --- DJL Serving ----------------------------------------------------------------------------------
@@ -112,12 +117,9 @@ def _ensure_loaded(inputs: Any) -> bool:
 
 def _parse_item(item: Any) -> Any:
     request = input_fn(item.get_as_bytes() or b"", item.get_property("Content-Type"))
-    _check_accept(item.get_property("Accept"), streaming=getattr(request, "stream", False))
+    stream = getattr(request, "stream", False)
+    check_accept(item.get_property("Accept"), stream_type=streaming.stream_type(request) if stream else None)
     return with_adapter_header(request, item.get_property(ADAPTER_HEADER))
-
-
-def _stream_type(request: Any) -> str:
-    return EVENT_STREAM if getattr(request, "kind", "") == "chat" else JSON_LINES
 
 
 def _error_output(output_cls: Any, status: int, body: dict[str, Any]) -> Any:
@@ -137,18 +139,19 @@ def handle(inputs: Any) -> Any:
     model = _runtime.model
     assert model is not None
     request_id = inputs.get_property("requestId") or "-"
+    batched = inputs.is_batch()
     try:
-        items = inputs.get_batches() if inputs.is_batch() else [inputs]
+        items = inputs.get_batches() if batched else [inputs]
         parsed: list[Any] = []
         for item in items:
             try:
                 parsed.append(_parse_item(item))
             except HandlerError as err:
                 parsed.append(err)
-        if len(items) == 1 and not isinstance(parsed[0], HandlerError) and getattr(parsed[0], "stream", False):
+        if not batched and not isinstance(parsed[0], HandlerError) and parsed[0].stream:
             return _stream_output(Output, model, parsed[0])
         answers = _answer_all(model, parsed)
-        return _batch_output(Output, answers, parsed, batched=inputs.is_batch())
+        return _batch_output(Output, answers, parsed) if batched else _single_output(Output, answers[0], parsed[0])
     except HandlerError as err:
         return _error_output(Output, err.status, err.body())
     except Exception:
@@ -165,44 +168,46 @@ def _answer_all(model: LoadedModel, parsed: list[Any]) -> list[Any]:
     for index, request in enumerate(parsed):
         if not isinstance(request, HandlerError) and request.stream:
             try:
-                answers[index] = b"".join(service.stream(model, request))
+                answers[index] = b"".join(streaming.stream(model, request))
             except HandlerError as err:
                 answers[index] = err
     return answers
 
 
-def _batch_output(output_cls: Any, answers: list[Any], parsed: list[Any], *, batched: bool) -> Any:
-    """One Output for the call. DJL gives a batch a single status: it is the error's status when
-    every item failed alike, else 200 with each failed item's error body (see README, Batching)."""
-    errors = [a for a in answers if isinstance(a, HandlerError)]
-    uniform = bool(errors) and len(errors) == len(answers) and len({e.status for e in errors}) == 1
-    if uniform and not batched:
-        return _error_output(output_cls, errors[0].status, errors[0].body())
+def _payload(answer: Any) -> bytes:
+    body = answer.body() if isinstance(answer, HandlerError) else answer
+    return bytes(body) if isinstance(body, bytes | bytearray) else json.dumps(body, ensure_ascii=False).encode()
+
+
+def _single_output(output_cls: Any, answer: Any, request: Any) -> Any:
+    if isinstance(answer, HandlerError):
+        return _error_output(output_cls, answer.status, answer.body())
     out = output_cls()
-    if uniform:
-        out.set_code(errors[0].status)
-    content_type = JSON
+    out.add_property("Content-Type", streaming.stream_type(request) if isinstance(answer, bytes) else JSON)
+    out.add(_payload(answer), key="data")
+    return out
+
+
+def _batch_output(output_cls: Any, answers: list[Any], parsed: list[Any]) -> Any:
+    """One Output for a DJL batch, exactly one content entry per item (``batch_{i}.data``).
+
+    DJL's frontend gives the whole batch the Output's status - and a status of 300 or more sends the
+    first item's body to every caller - so a batch is always 200 and a failed item's body is its own
+    error object (``code``, ``type``, ``message``). Headers are shared by the batch too: the
+    Content-Type is a stream's type only when every item is such a stream, else JSON.
+    """
+    out = output_cls()
+    types = {streaming.stream_type(p) if isinstance(a, bytes) else JSON for a, p in zip(answers, parsed, strict=True)}
+    out.add_property("Content-Type", types.pop() if len(types) == 1 else JSON)
     for index, answer in enumerate(answers):
-        if isinstance(answer, HandlerError):
-            body: Any = answer.body()
-        elif isinstance(answer, bytes | bytearray):
-            body = bytes(answer)
-            content_type = _stream_type(parsed[index])
-        else:
-            body = answer
-        payload = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode("utf-8")
-        if batched:
-            out.add(payload, key="data", batch_index=index)
-        else:
-            out.add(payload, key="data")
-    out.add_property("Content-Type", content_type)
+        out.add(_payload(answer), key="data", batch_index=index)
     return out
 
 
 def _stream_output(output_cls: Any, model: LoadedModel, request: Any) -> Any:
-    chunks = service.stream(model, request)  # preparation errors raise here, before any byte is sent
+    chunks = streaming.stream(model, request)  # preparation and prefill errors raise here, before any byte
     out = output_cls()
-    out.add_property("Content-Type", _stream_type(request))
+    out.add_property("Content-Type", streaming.stream_type(request))
     try:
         out.add_stream_content(chunks, output_formatter=_identity)
     except TypeError:  # older djl_python: add_stream_content(stream_content) only
@@ -225,5 +230,4 @@ def register_adapter(inputs: Any) -> Any:
     if model is not None and name in model.adapters:
         return out
     log.warning("register_adapter(%s): only adapters packaged under adapters/ are served", name)
-    return _error_output(Output, 404, UnknownAdapter(f"adapter {name!r} is not in the package").body())
-
+    return _error_output(Output, 404, UnknownAdapter(f"adapter {shown(name)} is not in the package").body())

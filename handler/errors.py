@@ -6,6 +6,7 @@ toolkit functions, the local endpoint) renders the same error the same way.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 
@@ -66,8 +67,37 @@ class ModelNotReady(HandlerError):
     code = "model_not_ready"
 
 
+class ServiceUnavailable(HandlerError):
+    """The endpoint is shutting down (or cannot take the request now); retry elsewhere or later."""
+
+    status = 503
+    code = "service_unavailable"
+
+
+class GenerationFailed(HandlerError):
+    """Generating one request's rows failed on the server side (details in the log, never on the wire)."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("internal error; see the endpoint logs")
+
+
 class ModelLoadError(Exception):
     """The model dir, base model or an adapter cannot be served; raised at start-up only."""
+
+
+# How a caller's value is quoted in an error message: short, so a 2 MB bad value never comes back.
+_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = 6
+_SHOWN.maxlevel = 2
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, for error messages that quote the caller's input."""
+    return _SHOWN.repr(value)
 
 
 def internal_error_body() -> dict[str, Any]:

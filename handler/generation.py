@@ -10,6 +10,7 @@ deltas: closing it (a client that went away) stops generation at the next step.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,11 @@ from typing import Any
 from .loading import BASE_ADAPTER_NAME, LoadedModel
 from .schema import SamplingParams
 
-# finish_reason values, LMI's spelling; "time_limit" is ours (see the README).
-LENGTH, EOS, STOP, TIME_LIMIT = "length", "eos_token", "stop_sequence", "time_limit"
+log = logging.getLogger(__name__)
+
+# finish_reason values, LMI's spelling; "time_limit" is ours (see the README). "error": the row could not
+# go on (e.g. the model gave non-finite scores); only its own request fails.
+LENGTH, EOS, STOP, TIME_LIMIT, ERROR = "length", "eos_token", "stop_sequence", "time_limit", "error"
 
 
 @dataclass(frozen=True)
@@ -136,15 +140,46 @@ def _eos_ids(lm: LoadedModel, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _pick_tokens(logits: Any, rows: Sequence[Row], histories: Sequence[Any], generators: Sequence[Any]) -> Any:
-    """Choose the next token of every row with that row's own sampling parameters."""
+def _sample(scores: Any, p: SamplingParams, generator: Any) -> int:
+    """One sampled token from one row's scores, or ``RowFailed`` when they are not usable."""
+    import torch
+
+    scores = scores / p.temperature
+    if 0 < p.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, p.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        drop = (probs.cumsum(-1) - probs) >= p.top_p
+        drop[0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in float32)
+        scores = scores.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+        raise RowFailed("the model's scores are not finite")
+    return int(torch.multinomial(probs, 1, generator=generator)[0])
+
+
+class RowFailed(Exception):
+    """One row cannot go on; the others in its batch are not affected."""
+
+
+def _pick_tokens(
+    logits: Any, rows: Sequence[Row], histories: Sequence[Any], generators: Sequence[Any]
+) -> tuple[Any, set[int]]:
+    """Choose the next token of every row with that row's own sampling parameters.
+
+    Returns the tokens and the slots of rows that failed (their token is meaningless).
+    """
     import torch
 
     # Plain greedy rows (the common case) take one argmax for the whole batch; the rest go row by row.
     chosen = torch.argmax(logits, dim=-1)
+    # A NaN score (a broken adapter, an overflow) fails its row only; the check is one op per step.
+    failed = set(torch.isnan(logits).any(dim=-1).nonzero()[:, 0].tolist())
     for i, row in enumerate(rows):
         p = row.params
-        if p.greedy and (p.repetition_penalty == 1.0 or not histories[i].numel()):
+        if i in failed or (p.greedy and (p.repetition_penalty == 1.0 or not histories[i].numel())):
             continue
         scores = logits[i]
         if p.repetition_penalty != 1.0 and histories[i].numel():
@@ -152,21 +187,12 @@ def _pick_tokens(logits: Any, rows: Sequence[Row], histories: Sequence[Any], gen
             picked = scores.gather(0, seen)
             picked = torch.where(picked < 0, picked * p.repetition_penalty, picked / p.repetition_penalty)
             scores = scores.scatter(0, seen, picked)
-        if p.greedy:
-            chosen[i] = torch.argmax(scores)
-            continue
-        scores = scores / p.temperature
-        if 0 < p.top_k < scores.shape[-1]:
-            kth = torch.topk(scores, p.top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if p.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True)
-            cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
-            drop = cumulative - torch.softmax(sorted_scores, dim=-1) >= p.top_p  # keep the first token always
-            scores = scores.masked_fill(drop.scatter(0, order, drop), float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        chosen[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
-    return chosen
+        try:
+            chosen[i] = torch.argmax(scores) if p.greedy else _sample(scores, p, generators[i])
+        except (RowFailed, RuntimeError) as err:
+            log.error("row %d: sampling failed (%s); its request gets an error, its batch goes on", i, err)
+            failed.add(i)
+    return chosen, failed
 
 
 def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = None) -> Iterator[list[Delta]]:
@@ -213,7 +239,9 @@ def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = Non
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
             batch_rows = [rows[i] for i in active]
-            tokens = _pick_tokens(logits, batch_rows, [histories[i] for i in active], [generators[i] for i in active])
+            tokens, failed = _pick_tokens(
+                logits, batch_rows, [histories[i] for i in active], [generators[i] for i in active]
+            )
             logprob_rows = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0] if want_logprobs else None
             passed = deadline is not None and time.monotonic() >= deadline
             step: list[Delta] = []
@@ -222,6 +250,10 @@ def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = Non
             for slot, index in enumerate(active):
                 state = states[index]
                 token = token_list[slot]
+                if slot in failed:
+                    state.finish = ERROR
+                    step.append(Delta(index, "", token, None, ERROR))
+                    continue
                 text = state.push(token, passed)
                 logprob = float(logprob_rows[slot]) if logprob_rows is not None and rows[index].logprobs else None
                 step.append(Delta(index, text, token, logprob, state.finish))

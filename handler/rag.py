@@ -13,18 +13,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import contract
 from .config import HandlerSettings
-from .errors import ContextLengthExceeded, InvalidRequest
+from .errors import ContextLengthExceeded, InvalidRequest, shown
 from .schema import (
     PARAMETER_KEYS,
     SamplingParams,
+    adapter_name,
     read_bool,
+    read_object,
     read_sampling,
+    read_str,
     reject_unknown,
+    reject_unsupported,
+    with_adapter_id,
 )
 
-RAG_KEYS = frozenset({"query", "context", "parameters", "adapters", "stream"})
-RAG_PARAMETER_KEYS = PARAMETER_KEYS - {"num_return_sequences"}
+RAG_KEYS = frozenset(contract.RAG_FIELDS)
+RAG_PARAMETER_KEYS = PARAMETER_KEYS - contract.RAG_EXCLUDED
 MAX_PASSAGES = 256
 _FIELD = re.compile(r"\{(context|query)\}")
 
@@ -64,28 +70,25 @@ def parse_rag(body: Mapping[str, Any], settings: HandlerSettings) -> RagRequest:
         if isinstance(item, str):
             passage = Passage(index, item)
         elif isinstance(item, dict):
-            extra = set(item) - {"id", "text"}
-            if extra:
-                raise InvalidRequest(f"{field} has unknown fields: {', '.join(sorted(extra))}", param=field)
-            pid = item.get("id", index)
+            reject_unknown(item, ("id", "text"), field)
+            pid = item.get("id")
+            pid = index if pid is None else pid
             if isinstance(pid, bool) or not isinstance(pid, str | int):
-                raise InvalidRequest(f"{field}.id must be a string or an integer", param=field)
+                raise InvalidRequest(f"{field}.id must be a string or an integer, got {shown(pid)}", param=field)
             passage = Passage(pid, item.get("text"))  # type: ignore[arg-type]
         else:
             raise InvalidRequest(f"{field} must be a string or an object with id and text", param=field)
         if not isinstance(passage.text, str) or not passage.text.strip():
             raise InvalidRequest(f"{field} text must be a non-empty string", param=field)
         if passage.id in seen:
-            raise InvalidRequest(f"{field}.id {passage.id!r} is used twice", param=field)
+            raise InvalidRequest(f"{field}.id {shown(passage.id)} is used twice", param=field)
         seen.add(passage.id)
         passages.append(passage)
-    params = body.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidRequest("parameters must be a JSON object", param="parameters")
+    params = read_object(body, "parameters", "parameters")
     reject_unknown(params, RAG_PARAMETER_KEYS, "parameters")
-    adapters = body.get("adapters")
-    if adapters is not None and not isinstance(adapters, str):
-        raise InvalidRequest("adapters must be a string in a RAG request", param="adapters")
+    reject_unsupported(params, contract.GENERATE_UNSUPPORTED, "parameters.")
+    adapter = adapter_name(read_str(body, "adapters", "adapters"), "adapters")
+    (adapter,) = with_adapter_id((adapter,), body, params)
     return RagRequest(
         query=query,
         passages=tuple(passages),
@@ -93,7 +96,7 @@ def parse_rag(body: Mapping[str, Any], settings: HandlerSettings) -> RagRequest:
         details=read_bool(params, "details", "parameters.details", False),
         return_full_text=read_bool(params, "return_full_text", "parameters.return_full_text", False),
         stream=read_bool(body, "stream", "stream", False),
-        adapter=adapters or None,
+        adapter=adapter,
     )
 
 
@@ -107,17 +110,25 @@ def format_passage(passage: Passage) -> str:
 
 
 def build_prompt(
-    tokenizer: Any, template: str, request: RagRequest, budget: int
+    tokenizer: Any, template: str, request: RagRequest, budget: int, chars_per_token: int
 ) -> tuple[list[int], list[str | int], list[str | int]]:
-    """Token ids of the prompt that fits ``budget`` tokens, the passage ids used and those dropped."""
+    """Token ids of the prompt that fits ``budget`` tokens, the passage ids used and those dropped.
 
-    def count(text: str) -> int:
+    ``chars_per_token`` (the longest token's length) bounds the count from below without tokenising:
+    text longer than ``limit * chars_per_token`` characters cannot fit ``limit`` tokens.
+    """
+
+    def count(text: str, limit: int) -> int | None:
+        """Tokens in ``text``; None when it is too long to fit ``limit`` (then it is not tokenised)."""
+        if len(text) > limit * chars_per_token:
+            return None
         return len(tokenizer(text).input_ids)
 
-    fixed = count(fill(template, "", request.query))
-    if fixed > budget:
+    fixed = count(fill(template, "", request.query), budget)
+    if fixed is None or fixed > budget:
+        size = f"{fixed} tokens" if fixed is not None else f"more than {budget} tokens"
         raise ContextLengthExceeded(
-            f"the query and template take {fixed} tokens; with max_new_tokens {request.params.max_new_tokens} "
+            f"the query and template take {size}; with max_new_tokens {request.params.max_new_tokens} "
             f"only {budget} fit in the model's context",
             param="query",
         )
@@ -126,7 +137,8 @@ def build_prompt(
     remaining = budget - fixed
     for passage in request.passages:
         # +2 for the blank line that joins passages; exact counts are checked on the final prompt
-        cost = count(format_passage(passage)) + 2
+        tokens = count(format_passage(passage), remaining)
+        cost = remaining + 1 if tokens is None else tokens + 2
         if cost <= remaining:
             used.append(passage)
             remaining -= cost

@@ -1,24 +1,28 @@
-"""From typed requests to responses: rows, one batched generation, rendering, streaming, info.
+"""From typed requests to responses: rows, one batched generation, rendering, info.
 
 ``run`` takes every request of a DJL batch (or of the local endpoint's batcher) and generates all
-their rows together; a request that fails to prepare (unknown adapter, prompt too long) gets its own
-error without failing its neighbours.
+their rows together. Each request is isolated from its neighbours at every stage: one that fails to
+prepare (unknown adapter, prompt too long, a tokenizer that raises), whose rows fail while sampling,
+or whose rendering fails gets its own error; if the batched forward pass itself raises, each request
+is retried alone so that only the one that causes it fails.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import functools
+import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import __version__, chat, rag
-from .errors import ContextLengthExceeded, HandlerError, InvalidRequest, UnknownAdapter
-from .generation import Delta, Row, RowResult, decode, generate
+from . import chat, rag
+from .errors import ContextLengthExceeded, GenerationFailed, HandlerError, InvalidRequest, UnknownAdapter
+from .generation import ERROR, Row, RowResult, generate
 from .loading import LoadedModel
 from .schema import GenerateRequest, InfoRequest
+
+log = logging.getLogger("lora_endpoint.handler")
 
 
 @dataclass
@@ -56,6 +60,37 @@ def _check_length(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int, fiel
         )
 
 
+@functools.lru_cache(maxsize=64)
+def longest_token(tokenizer: Any) -> int:
+    """Characters in the tokenizer's longest token: no token covers more of a prompt's text.
+
+    So a prompt of ``n`` characters has at least ``n / longest_token`` tokens, which bounds the cost of
+    refusing a prompt that is too long: it is refused from its length, without tokenising it.
+    """
+    return max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
+
+
+def tokenize_prompt(lm: LoadedModel, tokenizer: Any, text: str, max_new_tokens: int, field_name: str, *,
+                    truncate: int | None = None, add_special_tokens: bool = True) -> tuple[int, ...]:
+    """A prompt's token ids, refused (400) when it cannot fit the context; the work is bounded by the
+    context: a prompt over ``room * longest_token`` characters is never tokenised."""
+    room = lm.context_length - max_new_tokens
+    longest = longest_token(tokenizer)
+    if truncate is not None:
+        text = text[-truncate * longest :]  # only the tail can survive truncation to ``truncate`` tokens
+    elif len(text) > max(room, 0) * longest:
+        raise ContextLengthExceeded(
+            f"{field_name} has {len(text)} characters, more than the {max(room, 0)} tokens that fit: the model's "
+            f"context is {lm.context_length} tokens and max_new_tokens is {max_new_tokens}",
+            param=field_name,
+        )
+    ids = tuple(tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+    if truncate is not None:
+        ids = ids[-truncate:]
+    _check_length(lm, len(ids), max_new_tokens, field_name)
+    return ids
+
+
 def _seeded(params: Any, offset: int) -> Any:
     return params if params.seed is None or offset == 0 else replace(params, seed=params.seed + offset)
 
@@ -66,9 +101,8 @@ def prepare(lm: LoadedModel, request: Any) -> Prepared:
         rows: list[Row] = []
         for index, (prompt, adapter) in enumerate(zip(request.inputs, request.adapters, strict=True)):
             adapter = resolve_adapter(lm, adapter)
-            ids = tuple(lm.tokenizer_for(adapter)(prompt).input_ids)
-            _check_length(lm, len(ids), request.params.max_new_tokens,
-                          f"inputs[{index}]" if request.is_list else "inputs")
+            ids = tokenize_prompt(lm, lm.tokenizer_for(adapter), prompt, request.params.max_new_tokens,
+                                  f"inputs[{index}]" if request.is_list else "inputs", truncate=request.truncate)
             rows.extend(
                 Row(ids, adapter, _seeded(request.params, j), logprobs=request.details)
                 for j in range(request.num_return_sequences)
@@ -78,14 +112,15 @@ def prepare(lm: LoadedModel, request: Any) -> Prepared:
         adapter = resolve_adapter(lm, request.adapter)
         budget = lm.context_length - request.params.max_new_tokens
         tokenizer = lm.tokenizer_for(adapter)
-        prompt_ids, used, dropped = rag.build_prompt(tokenizer, lm.settings.rag_template, request, budget)
+        prompt_ids, used, dropped = rag.build_prompt(tokenizer, lm.settings.rag_template, request, budget,
+                                                     longest_token(tokenizer))
         return Prepared(request, [Row(tuple(prompt_ids), adapter, request.params, logprobs=request.details)],
                         {"sources": used, "dropped_sources": dropped})
     if isinstance(request, chat.ChatRequest):
         adapter = resolve_adapter(lm, request.model)
         tokenizer = lm.tokenizer_for(adapter)
-        ids = tuple(tokenizer(chat.prompt_text(tokenizer, request.messages), add_special_tokens=False).input_ids)
-        _check_length(lm, len(ids), request.params.max_new_tokens, "messages")
+        text = chat.prompt_text(tokenizer, request.messages)
+        ids = tokenize_prompt(lm, tokenizer, text, request.params.max_new_tokens, "messages", add_special_tokens=False)
         rows = [Row(ids, adapter, _seeded(request.params, j)) for j in range(request.n)]
         return Prepared(request, rows, {"id": chat.new_id(), "model": request.model or lm.base_name})
     raise InvalidRequest(f"unsupported request type {type(request).__name__}")
@@ -145,126 +180,69 @@ def run(lm: LoadedModel, requests: Sequence[Any]) -> list[Any]:
     answers: list[Any] = [None] * len(requests)
     prepared: list[tuple[int, Prepared]] = []
     for index, request in enumerate(requests):
-        if isinstance(request, InfoRequest):
-            answers[index] = info(lm)
-            continue
         try:
-            prepared.append((index, prepare(lm, request)))
+            if isinstance(request, InfoRequest):
+                answers[index] = info(lm)
+            else:
+                prepared.append((index, prepare(lm, request)))
         except HandlerError as err:
             answers[index] = err
-    rows = [row for _, p in prepared for row in p.rows]
-    if rows:
+        except Exception:  # a tokenizer or template that raises: this request only
+            log.exception("preparing request %d of %d failed", index, len(requests))
+            answers[index] = GenerationFailed()
+    for (index, p), results in zip(prepared, _generate_isolated(lm, [p for _, p in prepared]), strict=True):
+        if isinstance(results, HandlerError):
+            answers[index] = results
+            continue
+        try:
+            answers[index] = render(lm, p, results)
+        except Exception:
+            log.exception("rendering request %d of %d failed", index, len(requests))
+            answers[index] = GenerationFailed()
+    return answers
+
+
+def _generate_isolated(lm: LoadedModel, prepared: Sequence[Prepared]) -> list[list[RowResult] | HandlerError]:
+    """Every request's row results; a failed row fails its own request only. A batch whose forward pass
+    raises is run again one request at a time, so the request that causes it is the only one to fail."""
+    rows = [row for p in prepared for row in p.rows]
+    if not rows:
+        return [[] for _ in prepared]
+    try:
         deadline = deadline_for(lm)
         limit = lm.settings.max_batch_rows
         with lm.lock:
             results = [r for start in range(0, len(rows), limit)
                        for r in generate(lm, rows[start : start + limit], deadline=deadline)]
-        offset = 0
-        for index, p in prepared:
-            answers[index] = render(lm, p, results[offset : offset + len(p.rows)])
-            offset += len(p.rows)
-    return answers
-
-
-def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
-    """Stream one request: JSON lines (generate, RAG) or server-sent events (chat).
-
-    Preparation errors raise before the first chunk, so the caller can still answer with a status.
-    Closing the iterator (the client went away) stops generation at the next token.
-    """
-    if isinstance(request, GenerateRequest) and (request.is_list or request.num_return_sequences > 1):
-        raise InvalidRequest("stream supports a single input with num_return_sequences 1", param="stream")
-    prepared = prepare(lm, request)
-    return _stream_chat(lm, prepared) if isinstance(request, chat.ChatRequest) else _stream_lines(lm, prepared)
-
-
-def _decode_locked(lm: LoadedModel, rows: list[Row]) -> Iterator[list[Delta]]:
-    with lm.lock:
-        yield from decode(lm, rows, deadline=deadline_for(lm))
-
-
-def _stream_lines(lm: LoadedModel, prepared: Prepared) -> Iterator[bytes]:
-    result = RowResult(prompt_tokens=len(prepared.rows[0].prompt_ids))
-    for step in _decode_locked(lm, prepared.rows):
-        delta = step[0]
-        result.text += delta.text
-        result.token_ids.append(delta.token_id)
-        line: dict[str, Any] = {"token": {"id": delta.token_id, "text": delta.text, "log_prob": delta.logprob}}
-        if delta.finish_reason:
-            result.finish_reason = delta.finish_reason
-            line.update(render(lm, prepared, [result]))
-        yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
-
-
-def _stream_chat(lm: LoadedModel, prepared: Prepared) -> Iterator[bytes]:
-    request: chat.ChatRequest = prepared.request
-    cid, model, created = prepared.meta["id"], prepared.meta["model"], int(time.time())
-    n = len(prepared.rows)
-    yield chat.chunk(cid, created, model, [
-        {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i in range(n)
-    ])
-    completion = 0
-    for step in _decode_locked(lm, prepared.rows):
-        choices = []
-        for delta in step:
-            completion += 1
-            if delta.text or delta.finish_reason:
-                choices.append({
-                    "index": delta.row,
-                    "delta": {"content": delta.text} if delta.text else {},
-                    "finish_reason": chat.FINISH.get(delta.finish_reason) if delta.finish_reason else None,
-                })
-        if choices:
-            yield chat.chunk(cid, created, model, choices)
-    if request.include_usage:
-        prompt = len(prepared.rows[0].prompt_ids)
-        yield chat.chunk(cid, created, model, [], usage={
-            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-    yield chat.sse("[DONE]")
-
-
-def _memory() -> dict[str, Any]:
-    import torch
-
-    memory: dict[str, Any] = {}
-    try:
-        with open("/proc/self/statm") as statm:
-            memory["process_rss_bytes"] = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        memory["gpu_allocated_bytes"] = int(torch.cuda.memory_allocated())
-        memory["gpu_reserved_bytes"] = int(torch.cuda.memory_reserved())
-    return memory
+    except Exception:
+        if len(prepared) == 1:
+            log.exception("generation failed")
+            return [GenerationFailed()]
+        log.exception("batched generation of %d requests failed; running each alone", len(prepared))
+        return [_generate_isolated(lm, [p])[0] for p in prepared]
+    out: list[list[RowResult] | HandlerError] = []
+    offset = 0
+    for p in prepared:
+        mine = results[offset : offset + len(p.rows)]
+        offset += len(p.rows)
+        out.append(GenerationFailed() if any(r.finish_reason == ERROR for r in mine) else mine)
+    return out
 
 
 def info(lm: LoadedModel) -> dict[str, Any]:
-    """Model info: base model, dtype, device, context length, adapters, limits and memory in use."""
-    import torch
-
-    params = sum(p.numel() for p in lm.model.parameters())
+    """Model info for callers: the base model's name, context, adapters and limits. Nothing about the
+    host (paths, memory, library versions): operators find those in the start-up log."""
     s = lm.settings
     return {
-        "handler_version": __version__,
         "base_model": lm.base_name,
-        "dtype": str(lm.dtype).removeprefix("torch."),
-        "device": str(lm.device),
         "context_length": lm.context_length,
-        "parameters": params,
         "merged_adapter": lm.merged_adapter,
         "default_adapter": s.default_adapter or None,
-        "adapters": [adapter.describe() for adapter in lm.adapters.values()],
+        "adapters": [
+            {"name": a.name, "rank": a.max_rank, "alpha": a.alpha, "target_modules": list(a.target_modules)}
+            for a in lm.adapters.values()
+        ],
         "limits": {"max_new_tokens": s.max_new_tokens, "default_max_new_tokens": s.default_max_new_tokens,
                    "max_inputs": s.max_inputs, "max_payload_bytes": s.max_payload_bytes,
                    "max_batch_rows": s.max_batch_rows, "time_budget_s": s.time_budget_s},
-        "memory": _memory(),
-        "load_seconds": round(lm.load_seconds, 3),
-        "versions": {"torch": torch.__version__, **_lib_versions()},
     }
-
-
-def _lib_versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    return {"transformers": transformers.__version__, "peft": peft.__version__}

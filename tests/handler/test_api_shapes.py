@@ -183,9 +183,11 @@ def test_info_lists_real_adapters_with_ranks(served) -> None:
     body = call({"task": "info"}).json()
     assert {a["name"]: a["rank"] for a in body["adapters"]} == {"alpha": 4, "beta": 4}
     assert body["adapters"][0]["target_modules"] == ["q_proj", "v_proj"]
-    assert body["dtype"] == "float32" and body["device"] == "cpu" and body["context_length"] == 256
-    assert body["handler_version"] and body["memory"]["process_rss_bytes"] > 0
-    assert body["limits"]["max_new_tokens"] == 128
+    assert body["context_length"] == 256 and body["limits"]["max_new_tokens"] == 128
+    # Callers see names, ranks and limits; the host's paths, memory and library versions stay in its log.
+    assert set(body) == {"base_model", "context_length", "merged_adapter", "default_adapter", "adapters", "limits"}
+    assert set(body["adapters"][0]) == {"name", "rank", "alpha", "target_modules"}
+    assert "/" not in json.dumps(body["base_model"])
 
 
 def test_time_budget_ends_a_long_request_with_time_limit(djl, tiny_model_dir, monkeypatch) -> None:

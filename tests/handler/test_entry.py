@@ -140,10 +140,10 @@ def test_batch_with_one_bad_item_answers_the_others(served) -> None:
             {},
             400,
             "invalid_request",
-            "parameters.temperature must be a number, got nan",
+            "parameters.temperature must be a finite number, got nan",
         ),
         ('{"inputs": "hi", "parameters": {"top_p": Infinity}}', {}, 400, "invalid_request", "parameters.top_p"),
-        ("[" * 100_000 + "]" * 100_000, {}, 400, "invalid_request", "nested too deeply"),
+        ("[" * 100_000 + "]" * 100_000, {}, 400, "invalid_request", "nested more than 32 levels deep"),
         (
             {"inputs": "hi", "parameters": {"bogus": 1}},
             {},
