@@ -20,6 +20,10 @@ from typing import Any
 
 Schema = dict[str, Any]
 
+# The container statuses the deployed API passes through to callers as they are (its own statuses and
+# the runtime's 429): everything else becomes 500, and a CUDA out-of-memory 507 becomes 503.
+PASSTHROUGH_CONTAINER_STATUSES = (400, 404, 406, 413, 415, 422, 429, 500, 503)
+
 STRING: Schema = {"type": "string"}
 BOOLEAN: Schema = {"type": "boolean"}
 INTEGER: Schema = {"type": "integer"}

@@ -27,10 +27,15 @@ class HandlerError(Exception):
         ``code``/``message`` at the top level mirror DJL's ``Output.error`` body, so a caller sees
         one shape whichever path produced the error; ``error`` follows the OpenAI error object.
         """
-        error: dict[str, Any] = {"type": self.code, "message": self.message}
-        if self.param:
-            error["param"] = self.param
-        return {"code": self.status, "type": self.code, "message": self.message, "error": error}
+        return error_body(self.status, self.code, self.message, self.param)
+
+
+def error_body(status: int, error_type: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The one error shape: ``code``, ``type``, ``message`` and an OpenAI-style ``error`` object."""
+    error: dict[str, Any] = {"type": error_type, "message": message}
+    if param:
+        error["param"] = param
+    return {"code": status, "type": error_type, "message": message, "error": error}
 
 
 class InvalidRequest(HandlerError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +22,20 @@ if __package__ in (None, ""):  # run as a file: the repository's packages come f
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.local_server import DEFAULT_ENDPOINT_NAME
+from scripts.local_server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# uvicorn's own grace period ends after the endpoint's drain time, so the 503s and error records of
+# the drain still reach their callers before uvicorn cancels what is left.
+SHUTDOWN_MARGIN_S = 5
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived (re-raised by uvicorn once it has shut down cleanly)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -43,7 +56,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-delay-ms", type=int, default=None,
                         help="ms to wait for a batch to fill (default: serving.properties max_batch_delay)")
     parser.add_argument("--drain-timeout", type=float, default=60.0,
-                        help="seconds to wait for in-flight requests at shutdown (default: 60)")
+                        help="seconds in-flight requests get at shutdown (SIGTERM or Ctrl-C); after that, waiting "
+                             "requests get a JSON 503 and streams end with an error record (default: 60)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="largest request body accepted, checked before it is read (413 above it; default: "
+                             f"{DEFAULT_MAX_BODY_BYTES}, SageMaker's 6 MB payload limit)")
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                        help="seconds a client has to send its whole request body (408 after; default: "
+                             f"{DEFAULT_BODY_TIMEOUT_S:g})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level (default: info)")
     args = parser.parse_args(argv)
@@ -53,6 +73,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_batch_delay_ms is not None and args.max_batch_delay_ms < 0:
         parser.error(f"--max-batch-delay-ms must be 0 or more, got {args.max_batch_delay_ms}")
+    if args.max_body_bytes < 1 or args.body_timeout <= 0 or args.drain_timeout < 0:
+        parser.error("--max-body-bytes and --body-timeout must be positive, --drain-timeout 0 or more")
     return args
 
 
@@ -67,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    from scripts.local_server.app import create_app
+    from scripts.local_server.app import DrainingServer, create_app
     from scripts.local_server.package import PackageError, ServedModel, resolve
 
     try:
@@ -78,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[BaseException] = []
     try:
         served = ServedModel.from_spec(spec)
-        server: uvicorn.Server | None = None
+        server: DrainingServer | None = None
 
         def load_failed(err: BaseException) -> None:
             failures.append(err)
@@ -93,17 +115,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             drain_timeout_s=args.drain_timeout,
             on_load_failure=load_failed,
             on_shutdown=lambda: _remove(spec.temp_dir),
+            max_body_bytes=args.max_body_bytes,
+            body_timeout_s=args.body_timeout,
         )
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                timeout_graceful_shutdown=int(args.drain_timeout))
-        server = uvicorn.Server(config)
+                                timeout_graceful_shutdown=int(args.drain_timeout) + SHUTDOWN_MARGIN_S)
+        server = DrainingServer(config, endpoint=app.state.endpoint)
+        # uvicorn handles SIGTERM like Ctrl-C, then raises it again once it has stopped: without a handler
+        # of ours that would kill the process with -15 after a clean drain.
+        signal.signal(signal.SIGTERM, _on_sigterm)
         print(f"serving {spec.model_dir} on http://{args.host}:{args.port} (endpoint name {args.endpoint_name!r}, "
               f"batch_size {args.batch_size or spec.batch_size}); docs at /docs", file=sys.stderr)
         server.run()
     except PackageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
         pass
     finally:
         _remove(spec.temp_dir)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from handler.contract import PASSTHROUGH_CONTAINER_STATUSES, request_schemas
+
 ERROR_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["code", "type", "message"],
@@ -35,59 +37,12 @@ ERROR_BODY_SCHEMA: dict[str, Any] = {
     },
 }
 
-_STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]}
-_NO_STREAM = {"type": "boolean", "enum": [False]}  # no response streaming through an AWS integration
-_STRINGS = {"type": "array", "items": {"type": "string"}}
-
+# The request models come from the handler's contract, the one source of every request shape: the
+# gateway validates what the handler would refuse anyway, and never refuses what the handler accepts.
+# The AWS integration cannot stream, so these refuse ``stream: true``. ``Invocation`` (the raw
+# container route) dispatches by shape and is checked by the handler alone.
 REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {
-    "Generate": {
-        "type": "object",
-        "required": ["inputs"],
-        "properties": {
-            "inputs": {"anyOf": [{"type": "string", "minLength": 1}, {**_STRINGS, "minItems": 1}]},
-            "parameters": {"type": "object"},
-            "adapters": {"anyOf": [{"type": "string"}, _STRINGS]},
-            "stream": _NO_STREAM,
-        },
-    },
-    "Rag": {
-        "type": "object",
-        "required": ["query", "context"],
-        "properties": {
-            "query": {"type": "string", "minLength": 1},
-            "context": _STRINGS,
-            "parameters": {"type": "object"},
-            "adapters": {"anyOf": [{"type": "string"}, _STRINGS]},
-            "stream": _NO_STREAM,
-        },
-    },
-    "ChatCompletion": {
-        "type": "object",
-        "required": ["messages"],
-        "properties": {
-            "model": {"type": "string"},
-            "messages": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["role", "content"],
-                    "properties": {
-                        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
-                        "content": {"anyOf": [{"type": "string"}, {"type": "array"}]},
-                    },
-                },
-            },
-            "max_tokens": {"type": "integer", "minimum": 1},
-            "max_completion_tokens": {"type": "integer", "minimum": 1},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-            "n": {"type": "integer", "minimum": 1},
-            "seed": {"type": "integer"},
-            "stop": _STOP,
-            "stream": _NO_STREAM,
-        },
-    },
+    **{k: v for k, v in request_schemas(streaming=False).items() if k in ("Generate", "Rag", "ChatCompletion")},
     "Invocation": {"type": "object"},
 }
 
@@ -99,8 +54,6 @@ RUNTIME_ERROR_MAP: dict[str, tuple[str, str]] = {
     "503": ("503", "service_unavailable"),
     "40[13]|5(0[0-24-9]|[1-9][0-9])": ("502", "bad_gateway"),
 }
-
-PASSTHROUGH_CONTAINER_STATUSES = (400, 404, 406, 413, 415, 422, 429, 500, 503)
 
 METHOD_RESPONSE_STATUSES = ("200", "400", "404", "406", "413", "415", "422", "429", "500", "502", "503", "504")
 

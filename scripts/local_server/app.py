@@ -2,8 +2,11 @@
 API and the API Gateway routes, all answered through one ``handle()`` and one batcher.
 
 The model loads in a worker thread once the server is up: ``/ping`` answers 503 until the init call
-has succeeded, 200 after. At shutdown uvicorn stops accepting and waits for in-flight requests, then
-the lifespan drains the batcher.
+has succeeded, 200 after. Every body is read within a size cap and a deadline first (``limits``), and
+every error the server itself produces (unknown route, wrong method, an unexpected failure) is the
+project's JSON error body. At shutdown ``DrainingServer`` starts the endpoint's drain (see
+``endpoint``), uvicorn stops accepting and waits for in-flight requests, then the lifespan drains the
+batcher.
 """
 
 from __future__ import annotations
@@ -12,15 +15,24 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from handler.errors import error_body, internal_error_body
 
 from . import DEFAULT_ENDPOINT_NAME, api_routes, runtime_api
 from .batcher import Batcher
 from .endpoint import EndpointState, NotReady, wants_stream
+from .limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimits
 from .package import ServedModel
-from .streaming import pump
+from .streaming import pump_answer
+
+# Error types for the statuses the routing layer answers by itself.
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request", 413: "payload_too_large"}
 
 log = logging.getLogger("lora_endpoint.local")
 
@@ -34,10 +46,12 @@ def create_app(
     drain_timeout_s: float = 60.0,
     on_load_failure: Callable[[BaseException], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> FastAPI:
     """An app serving ``served``; it loads the model (init call) at start-up unless it is ready already."""
     batcher = Batcher(served.handle, served.djl, batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
-    state = EndpointState(served, batcher, endpoint_name)
+    state = EndpointState(served, batcher, endpoint_name, drain_timeout_s=drain_timeout_s)
 
     async def load() -> None:
         try:
@@ -69,6 +83,18 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.endpoint = state
+    app.add_middleware(BodyLimits, max_bytes=max_body_bytes, timeout_s=body_timeout_s)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = _HTTP_TYPES.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(exc.status_code, kind, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(internal_error_body(), status_code=500)
 
     @app.get("/ping", tags=["container contract"], summary="200 once the model is loaded, 503 before")
     async def ping() -> JSONResponse:
@@ -85,10 +111,10 @@ def create_app(
         try:
             answer = await state.invoke(state.call(dict(request.headers), body), stream=stream)
         except NotReady as err:
-            return JSONResponse({"code": 503, "message": str(err), "error": "model not ready"}, status_code=503)
+            return JSONResponse(error_body(503, "model_not_ready", f"the model is not ready: {err}"), status_code=503)
         headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
         if answer.stream is not None:
-            return StreamingResponse(pump(answer.stream), status_code=answer.status,
+            return StreamingResponse(pump_answer(answer, state.expired), status_code=answer.status,
                                      media_type=answer.content_type, headers=headers)
         return Response(answer.body, status_code=answer.status, media_type=answer.content_type, headers=headers)
 
@@ -100,3 +126,15 @@ def create_app(
     app.include_router(runtime_api.router(state))
     app.include_router(api_routes.router(state))
     return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the endpoint when shutdown begins so that it drains (see ``endpoint``)."""
+
+    def __init__(self, config: uvicorn.Config, *, endpoint: EndpointState) -> None:
+        super().__init__(config)
+        self.endpoint = endpoint
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.endpoint.begin_drain()
+        await super().shutdown(sockets=sockets)

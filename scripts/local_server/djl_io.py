@@ -3,13 +3,17 @@
 Properties are formed as DJL Serving forms them: the HTTP headers as sent, ``requestId``,
 ``model_dir``, ``device_id``, and ``X-Amzn-SageMaker-Custom-Attributes`` split into ``k=v``
 properties; the body is content key ``data``. Several requests become one batch Input keyed
-``batch_{i}.<key>`` with a ``batch_size`` property, and the batch Output is split back by the same keys.
+``batch_000.<key>`` with a ``batch_size`` property, and the batch Output is split back as DJL's
+PyPredictor splits it: a status of 300 or more answers every caller with the whole Output, otherwise
+there must be exactly one ``batch_<i>.<key>`` content entry per item.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,9 +22,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+log = logging.getLogger("lora_endpoint.local")
+
 COMPAT_DIR = Path(__file__).resolve().parent / "djl_compat"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 JSON = "application/json"
+_BATCH_OUTPUT_KEY = re.compile(r"batch_(\d+)\.(.*)", re.S)  # PyPredictor's BATCH_PATTERN
 # Headers that belong to the HTTP connection, not to the request: DJL does not see them either.
 _HOP_HEADERS = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive", "host", "expect"})
 
@@ -84,14 +91,15 @@ class Answer:
 
 
 def build_input(djl: ModuleType, calls: Sequence[Call]) -> Any:
-    """One Input: a plain request for one call, a DJL batch (``batch_{i}.<key>``) for several."""
+    """One Input: a plain request for one call, a DJL batch (``batch_000.<key>``) for several."""
     if len(calls) == 1:
         return djl.Input(dict(calls[0].properties), [("data", calls[0].body)])
     props: dict[str, str] = {"batch_size": str(len(calls))}
     content: list[tuple[str, bytes]] = []
     for index, call in enumerate(calls):
-        props.update({f"batch_{index}.{k}": v for k, v in call.properties.items()})
-        content.append((f"batch_{index}.data", call.body))
+        prefix = f"batch_{index:03d}."  # three digits, as the frontend writes them (and Input parses them)
+        props.update({prefix + k: v for k, v in call.properties.items()})
+        content.append((prefix + "data", call.body))
     return djl.Input(props, content)
 
 
@@ -156,30 +164,31 @@ def error_status(body: bytes) -> int | None:
 
 
 def split_output(output: Any, count: int) -> list[Answer]:
-    """Answers for the ``count`` calls of one Input. ``None`` (or no Output) is an empty 200.
+    """Answers for the ``count`` calls of one Input, as DJL's frontend splits a batch Output.
 
-    A batch Output has one status; when it is 2xx, an item whose body is a handler error body gets
-    that error's status back (DJL itself answers such an item 200 with the error body inside).
+    ``None`` (or no Output) is an empty 200. For a batch, a status of 300 or more answers every caller
+    with the Output's first content (what DJL does); otherwise the Output needs exactly one content entry
+    per item, keyed ``batch_<i>.<key>``, and every item shares the Output's status and headers. Locally,
+    an item whose body is a handler error body then gets that error's status back (deployed, DJL answers
+    such an item 200 with the error body inside; see README, Batching).
     """
     if output is None:
         return [Answer(200, {"Content-Type": JSON}) for _ in range(count)]
     code = int(getattr(output, "code", 200) or 200)
     props = {str(k): str(v) for k, v in dict(getattr(output, "properties", {}) or {}).items()}
-    common = {k: v for k, v in props.items() if not k.startswith("batch_")}
     pairs = _pairs(getattr(output, "content", []))
     if count == 1:
         stream = _stream(output)
         body = next((v for k, v in pairs if k == "data"), pairs[0][1] if pairs else b"")
-        return [Answer(code, common, body, stream)]
-    answers = []
-    for index in range(count):
-        prefix = f"batch_{index}."
-        headers = dict(common)
-        headers.update({k[len(prefix):]: v for k, v in props.items() if k.startswith(prefix)})
-        items = [v for k, v in pairs if k is not None and k.startswith(prefix)]
-        body = items[0] if items else b"".join(v for k, v in pairs if k is None or not k.startswith("batch_"))
-        status = code
-        if code < 300:
-            status = error_status(body) or code
-        answers.append(Answer(status, headers, body))
-    return answers
+        return [Answer(code, props, body, stream)]
+    if code >= 300:
+        return [Answer(code, dict(props), pairs[0][1] if pairs else b"") for _ in range(count)]
+    bodies: dict[int, bytes] = {}
+    for key, value in pairs:
+        match = _BATCH_OUTPUT_KEY.fullmatch(key or "")
+        if len(pairs) != count or match is None or not 0 <= int(match.group(1)) < count:
+            log.error("batch Output has %d entries (keys %s) for %d requests: DJL refuses it", len(pairs),
+                      [k for k, _ in pairs][:5], count)
+            return [failure_answer("batch output does not match the batch") for _ in range(count)]
+        bodies[int(match.group(1))] = value
+    return [Answer(error_status(bodies[i]) or code, dict(props), bodies[i]) for i in range(count)]

@@ -1,17 +1,30 @@
-"""What every route shares: the served model, its batcher, and how one request reaches ``handle()``."""
+"""What every route shares: the served model, its batcher, how one request reaches ``handle()``, and
+the drain at shutdown.
+
+Shutdown, in order: ``begin_drain`` (uvicorn has stopped accepting connections) makes new requests on
+open connections a 503 ``service_unavailable`` and starts the drain clock; requests already queued or
+running are answered as usual until ``drain_timeout_s`` is up; then ``expired`` is set: requests still
+waiting get a JSON 503, and running streams end with an error record.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+
+from handler.errors import HandlerError, ServiceUnavailable
+from handler.schema import parse_json
 
 from . import DEFAULT_ENDPOINT_NAME, DEFAULT_VARIANT
 from .batcher import Batcher
-from .djl_io import Answer, Call
+from .djl_io import JSON, Answer, Call
 from .package import ServedModel
-from .streaming import pump
+from .streaming import pump_answer
+
+RETRY_AFTER_S = 5
 
 
 class NotReady(Exception):
@@ -19,22 +32,22 @@ class NotReady(Exception):
 
 
 def wants_stream(body: bytes) -> bool:
-    """True when the body is a JSON object with ``"stream": true`` (anything else is the handler's call)."""
+    """True when the body is a JSON object with ``"stream": true``. The body is read with the handler's
+    own bounded parser, so nothing here can fail on it; anything else is the handler's call."""
     if b"stream" not in body:
         return False
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = parse_json(body, max_bytes=len(body))
+    except HandlerError:
         return False
-    return isinstance(data, dict) and data.get("stream") is True
+    return data.get("stream") is True
 
 
-def error_body(status: int, error_type: str, message: str, param: str | None = None) -> dict[str, Any]:
-    """The handler's error body shape (handler/errors.py ``HandlerError.body``), for errors raised here."""
-    error: dict[str, Any] = {"type": error_type, "message": message}
-    if param:
-        error["param"] = param
-    return {"code": status, "type": error_type, "message": message, "error": error}
+def unavailable_answer(message: str) -> Answer:
+    """A 503 as the handler would write it, with a ``Retry-After``."""
+    err = ServiceUnavailable(message)
+    return Answer(err.status, {"Content-Type": JSON, "Retry-After": str(RETRY_AFTER_S)},
+                  json.dumps(err.body()).encode())
 
 
 @dataclass
@@ -43,6 +56,9 @@ class EndpointState:
     batcher: Batcher
     endpoint_name: str = DEFAULT_ENDPOINT_NAME
     variant: str = DEFAULT_VARIANT
+    drain_timeout_s: float = 60.0
+    draining: bool = False
+    expired: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def ready(self) -> bool:
@@ -51,18 +67,43 @@ class EndpointState:
     def call(self, headers: Mapping[str, str], body: bytes, extra: Mapping[str, str] | None = None) -> Call:
         return Call.from_http(headers, body, model_dir=self.served.model_dir, extra=extra)
 
+    def begin_drain(self) -> None:
+        """Stop taking requests; ``expired`` is set once the drain time is up."""
+        if self.draining:
+            return
+        self.draining = True
+        asyncio.get_running_loop().call_later(self.drain_timeout_s, self.expired.set)
+
     async def invoke(self, call: Call, *, stream: bool) -> Answer:
         """Streams go straight to ``handle()``; everything else through the batcher."""
         if not self.ready:
             raise NotReady(self.served.failed or "the model is loading")
+        if self.draining:
+            return unavailable_answer("the endpoint is shutting down; retry")
         if stream:
-            return await self.batcher.call_direct(call)
-        return await self.batcher.submit(call)
+            return await self._until_expired(self.batcher.call_direct(call))
+        return await self._until_expired(self.batcher.submit(call))
+
+    async def _until_expired(self, work: Awaitable[Answer]) -> Answer:
+        """``work``'s answer, or a 503 if the drain time runs out first."""
+        task = asyncio.ensure_future(work)
+        expiry = asyncio.ensure_future(self.expired.wait())
+        try:
+            done, _ = await asyncio.wait({task, expiry}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            expiry.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return unavailable_answer(f"the endpoint is shutting down and could not answer within the "
+                                  f"{self.drain_timeout_s:g} s drain time; retry")
 
     async def invoke_whole(self, call: Call) -> Answer:
         """A complete answer: a streamed one is collected (what SageMaker does for ``invoke_endpoint``)."""
         answer = await self.invoke(call, stream=wants_stream(call.body))
         if answer.stream is not None:
-            answer.body = b"".join([chunk async for chunk in pump(answer.stream)])
+            answer.body = b"".join([chunk async for chunk in pump_answer(answer, self.expired)])
             answer.stream = None
         return answer

@@ -10,6 +10,7 @@ the stream started is a ``ModelStreamError`` event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ from fastapi.responses import Response, StreamingResponse
 from . import eventstream
 from .djl_io import CUSTOM_ATTRIBUTES, Answer
 from .endpoint import EndpointState, NotReady
-from .streaming import StreamFailed, pump
+from .streaming import StreamExpired, StreamFailed, pump
 
 ACCOUNT = "000000000000"
 REGION = "local"
@@ -119,21 +120,24 @@ def router(state: EndpointState) -> APIRouter:
         if answer.status >= 300:
             return model_error(state, answer)
         headers = _ok_headers(state, answer, "X-Amzn-SageMaker-Content-Type")
-        return StreamingResponse(_frames(answer), media_type=eventstream.EVENTSTREAM, headers=headers)
+        return StreamingResponse(_frames(answer, state.expired), media_type=eventstream.EVENTSTREAM, headers=headers)
 
     return api
 
 
-async def _frames(answer: Answer) -> AsyncIterator[bytes]:
+async def _frames(answer: Answer, expired: asyncio.Event) -> AsyncIterator[bytes]:
+    """PayloadPart events; a stream that fails (or outlives a shutdown's drain) ends with ModelStreamError."""
     if answer.stream is None:
         yield eventstream.payload_part(answer.body)
         return
-    chunks = pump(answer.stream)
+    chunks = pump(answer.stream, expired)
     try:
         async for chunk in chunks:
             if chunk:
                 yield eventstream.payload_part(chunk)
     except StreamFailed as err:
         yield eventstream.model_stream_error(f"the model stream failed: {err}", "ModelStreamError")
+    except StreamExpired:
+        yield eventstream.model_stream_error("the endpoint is shutting down", "ModelStreamError")
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ import pytest
 from aws_cdk.assertions import Template
 
 from cdk.components import api_mapping
+from handler.contract import request_schemas, schema_errors
 from tests.cdk.conftest import only, resources, synth
 
 INVOKE_ROUTES = {("POST", "predict"), ("POST", "rag"), ("POST", "completions"), ("POST", "invocations"),
@@ -70,11 +71,14 @@ def test_every_route_is_iam_authorized_and_validated(default_template: Template)
 def test_request_schemas(default_template: Template) -> None:
     models = {r["Properties"]["Name"]: json.loads(json.dumps(r["Properties"]["Schema"]))
               for r in resources(default_template, "AWS::ApiGateway::Model").values()}
+    # The deployed models are the handler's contract, refusing stream: true (the integration cannot stream).
+    contract = request_schemas(streaming=False)
+    for name in ("Generate", "Rag", "ChatCompletion"):
+        deployed = {k: v for k, v in models[name].items() if k not in ("$schema", "title")}
+        assert deployed == contract[name], name
     assert models["Generate"]["required"] == ["inputs"]
-    assert models["Rag"]["required"] == ["query", "context"]
-    assert models["ChatCompletion"]["required"] == ["messages"]
-    assert models["ChatCompletion"]["properties"]["messages"]["minItems"] == 1
-    assert models["ChatCompletion"]["properties"]["stream"]["enum"] == [False]
+    assert schema_errors({"inputs": "Hi", "stream": True}, models["Generate"])
+    assert not schema_errors({"inputs": "Hi", "stream": False, "adapters": None}, models["Generate"])
     assert models["Invocation"]["type"] == "object"
     assert models["Error"]["required"] == ["code", "type", "message"]
 

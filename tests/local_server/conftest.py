@@ -14,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
-from scripts.local_server.app import create_app
+from scripts.local_server.app import DrainingServer, create_app
 from scripts.local_server.package import ServedModel, resolve
 
 BATCH_SIZE = 8
@@ -32,7 +32,7 @@ class Running:
     url: str
     port: int
     app: Any
-    server: uvicorn.Server
+    server: DrainingServer
     thread: threading.Thread
 
     @property
@@ -48,7 +48,7 @@ class Running:
 def start(app: Any, *, wait_ready: bool = True, timeout_s: float = 60.0) -> Running:
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, endpoint=app.state.endpoint)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     running = Running(f"http://127.0.0.1:{port}", port, app, server, thread)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
-
-_BATCH_KEY = re.compile(r"^batch_(\d+)[._](.*)$")
 
 
 class Input:
@@ -52,17 +49,15 @@ class Input:
         return int(self.properties.get("batch_size", "1"))
 
     def get_batches(self) -> list[Input]:
+        """As the real one parses them: ``batch_000.<key>``, the index in characters 6-8, the key from 10."""
         if not self.is_batch():
             return [self]
         batch = [Input() for _ in range(self.get_batch_size())]
         for key, value in self.properties.items():
-            match = _BATCH_KEY.match(key)
-            if match:
-                batch[int(match.group(1))].properties[match.group(2)] = value
+            if key.startswith("batch_") and key != "batch_size":
+                batch[int(key[6:9])].properties[key[10:]] = value
         for content_key, data in self.content:
-            match = _BATCH_KEY.match(content_key)
-            assert match, content_key
-            batch[int(match.group(1))].content.append((match.group(2), data))
+            batch[int(content_key[6:9])].content.append((content_key[10:], data))
         return batch
 
 
@@ -74,12 +69,17 @@ def request(body: bytes | str, **headers: str) -> Input:
     return Input(props, [("data", data)])
 
 
+def batch_prefix(index: int) -> str:
+    """DJL's PyPredictor key prefix for batch item ``index``: three digits (``batch_000.``), more past 999."""
+    return f"batch_{index:03d}."
+
+
 def batch(*items: Input) -> Input:
-    """Several requests in one call, keyed ``batch_{i}.<key>`` as DJL's PyPredictor does."""
+    """Several requests in one call, keyed ``batch_000.<key>`` as DJL's PyPredictor does."""
     out = Input({"batch_size": str(len(items))})
     for i, item in enumerate(items):
         for k, v in item.properties.items():
-            out.properties[f"batch_{i}.{k}"] = v
+            out.properties[batch_prefix(i) + k] = v
         for content_key, data in item.content:
-            out.content.append((f"batch_{i}.{content_key}", data))
+            out.content.append((batch_prefix(i) + content_key, data))
     return out
