@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,7 +195,9 @@ def _pick_tokens(
     return chosen, failed
 
 
-def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = None) -> Iterator[list[Delta]]:
+def decode(
+    lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = None
+) -> Generator[list[Delta], None, None]:
     """Generate all ``rows`` together, yielding each step's deltas (a finished row's last delta has
     its ``finish_reason``). Rows are independent: a row's tokens do not depend on its neighbours."""
     import torch
@@ -225,8 +227,21 @@ def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = Non
     active = list(range(len(rows)))  # original indices of the rows still in the batch
     cache = _new_cache(lm)
     want_logprobs = any(r.logprobs for r in rows)
-    with torch.inference_mode():
-        while active:
+    keep: list[int] | None = None  # slots of the previous step that go on (None before the first step)
+    tokens: Any = None
+    while active:
+        # Inference mode is thread-local and this is a generator that a stream may resume on another thread:
+        # enter it for each step, never across a yield.
+        with torch.inference_mode():
+            if keep is not None:
+                if len(keep) < len(active):
+                    index_tensor = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(index_tensor)
+                    tokens, mask, positions = tokens[index_tensor], mask[index_tensor], positions[index_tensor]
+                    active = [active[s] for s in keep]
+                input_ids = tokens[:, None]
+                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
+                positions = positions[:, -1:] + 1
             with _adapter_routing(lm, [rows[i].adapter for i in active]) as kwargs:
                 out = lm.model(
                     input_ids=input_ids,
@@ -245,7 +260,7 @@ def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = Non
             logprob_rows = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0] if want_logprobs else None
             passed = deadline is not None and time.monotonic() >= deadline
             step: list[Delta] = []
-            keep: list[int] = []
+            keep = []
             token_list = tokens.tolist()
             for slot, index in enumerate(active):
                 state = states[index]
@@ -261,17 +276,9 @@ def decode(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = Non
                     keep.append(slot)
                     if rows[index].params.repetition_penalty != 1.0:
                         histories[index] = torch.cat([histories[index], tokens[slot : slot + 1]])
-            yield step
-            if len(keep) < len(active):
-                if not keep:
-                    break
-                index_tensor = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index_tensor)
-                tokens, mask, positions = tokens[index_tensor], mask[index_tensor], positions[index_tensor]
-                active = [active[s] for s in keep]
-            input_ids = tokens[:, None]
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
-            positions = positions[:, -1:] + 1
+        yield step
+        if not keep:
+            break
 
 
 @contextlib.contextmanager

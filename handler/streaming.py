@@ -86,8 +86,19 @@ def _closing(chunks: Iterator[bytes], steps: Iterator[Any]) -> Iterator[bytes]:
 
 
 def _decode_locked(lm: LoadedModel, rows: list[Row]) -> Generator[list[Delta], None, None]:
-    with lm.lock:
-        yield from decode(lm, rows, deadline=deadline_for(lm))
+    """``decode`` with the model lock held for each step, never across a yield: a stream that is
+    abandoned without being closed (a caller that never reads it) cannot hold the model, and other
+    requests get the model between two of its tokens."""
+    steps = decode(lm, rows, deadline=deadline_for(lm))
+    try:
+        while True:
+            with lm.lock:
+                step = next(steps, None)
+            if step is None:
+                return
+            yield step
+    finally:
+        steps.close()
 
 
 def _failed(step: list[Delta]) -> bool:
