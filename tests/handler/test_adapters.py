@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from handler.adapters import AdapterError, discover_adapters, read_adapter, validate_adapter_name
+from handler.adapter_weights import check_adapter_weights, module_weight_shapes
+from handler.adapters import AdapterError, check_unmerged, discover_adapters, read_adapter, validate_adapter_name
 
 
 def test_discovers_real_adapters(tiny_model_dir: Path) -> None:
@@ -57,3 +58,76 @@ def test_broken_adapters_are_refused_with_their_own_message(tiny_model_dir, tmp_
     with pytest.raises(AdapterError, match="adapter 'alpha'") as err:
         read_adapter("alpha", folder)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"lora_alpha": float("nan")}, "field 'lora_alpha' must be a finite number, got nan"),
+        ({"lora_dropout": float("-inf")}, "field 'lora_dropout' must be a finite number, got -inf"),
+        ({"loftq_config": {"scales": [1.0, float("inf")]}}, "field 'loftq_config.scales.1' must be a finite number"),
+        ({"alpha_pattern": {"q_proj": 0}}, "field 'alpha_pattern' must map module names to positive numbers"),
+        ({"rank_pattern": {"(q_proj": 8}}, "field 'rank_pattern' key '(q_proj' is not a valid regex"),
+        ({"lora_alpha": 10**400}, "field 'lora_alpha' must be a positive number"),
+        ({"use_bdlora": {"nblocks": 2}}, "field 'use_bdlora' makes it a BD-LoRA adapter"),
+        ({"init_lora_weights": "mica"}, "field 'init_lora_weights' makes it a MiCA adapter"),
+    ],
+)
+def test_config_numbers_must_be_finite_and_variants_are_refused(tiny_model_dir, tmp_path, changes, needle) -> None:
+    folder = _copy(tiny_model_dir, tmp_path)
+    _edit_config(folder, **changes)
+    with pytest.raises(AdapterError, match="adapter 'alpha'") as err:
+        read_adapter("alpha", folder)
+    assert needle in str(err.value)
+
+
+def test_a_config_nested_too_deep_is_unreadable_not_a_crash(tiny_model_dir, tmp_path) -> None:
+    folder = _copy(tiny_model_dir, tmp_path)
+    (folder / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AdapterError, match=r"adapter_config\.json is unreadable"):
+        read_adapter("alpha", folder)
+
+
+def test_dora_is_read_but_refused_unless_merged(tiny_model_dir, tmp_path) -> None:
+    folder = _copy(tiny_model_dir, tmp_path)
+    _edit_config(folder, use_dora=True)
+    info = read_adapter("alpha", folder)  # readable: merged, DoRA serves exactly
+    assert info.use_dora
+    with pytest.raises(AdapterError, match=r"field 'use_dora' is true: .*peft refuses DoRA in adapter_names"):
+        check_unmerged(info)
+    check_unmerged(read_adapter("alpha", tiny_model_dir / "adapters" / "alpha"))
+
+
+def test_rank_for_matches_module_paths_as_peft_does(tiny_model_dir, tmp_path) -> None:
+    folder = _copy(tiny_model_dir, tmp_path)
+    _edit_config(folder, rank_pattern={"v_proj": 2, r"model\.layers\.1\.self_attn\.q_proj": 8})
+    info = read_adapter("alpha", folder)
+    assert info.rank_for("model.layers.0.self_attn.v_proj") == 2
+    assert info.rank_for("model.layers.1.self_attn.q_proj") == 8
+    assert info.rank_for("model.layers.0.self_attn.q_proj") == 4  # no key matches: r
+    assert info.rank_for("model.layers.0.self_attn.xv_proj") == 4  # a key matches whole path parts only
+
+
+def test_discovery_can_collect_failures_instead_of_raising(tiny_model_dir, tmp_path) -> None:
+    root = tmp_path / "adapters"
+    shutil.copytree(tiny_model_dir / "adapters" / "alpha", root / "good")
+    shutil.copytree(tiny_model_dir / "adapters" / "alpha", root / "bad")
+    _edit_config(root / "bad", r=0)
+    with pytest.raises(AdapterError, match="adapter 'bad'"):
+        discover_adapters(root)
+    failures: dict[str, Exception] = {}
+    assert list(discover_adapters(root, failures=failures)) == ["good"]
+    assert list(failures) == ["bad"] and "field 'r'" in str(failures["bad"])
+
+
+def test_weights_check_reads_shapes_from_the_loaded_model(loaded, tiny_model_dir) -> None:
+    # GIVEN the shapes the handler reads from the loaded model's modules (peft layers report their base's)
+    shapes = module_weight_shapes(loaded.model.get_base_model())
+    assert shapes["model.layers.0.self_attn.v_proj"] == (16, 32)  # (out_features, in_features)
+    assert shapes["model.embed_tokens"] == (len(loaded.tokenizer), 32)
+    # WHEN a good adapter is checked against them THEN it passes; against another base's THEN it is named
+    info = read_adapter("alpha", tiny_model_dir / "adapters" / "alpha")
+    check_adapter_weights(info, shapes)
+    wider = {name: tuple(2 * n for n in shape) for name, shape in shapes.items()}
+    with pytest.raises(AdapterError, match=r"lora_A.weight has shape \[4, 32\], expected \[4, 64\]"):
+        check_adapter_weights(info, wider)
