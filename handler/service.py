@@ -38,6 +38,11 @@ def resolve_adapter(lm: LoadedModel, name: str | None) -> str | None:
             return None
     if name == lm.merged_adapter:
         return None  # the merged weights are the base now
+    if name in lm.failed_adapters:
+        raise UnknownAdapter(
+            f"adapter {name!r} failed to load at start-up and is not served: {lm.failed_adapters[name]}",
+            param="adapters",
+        )
     if name not in lm.adapters or lm.merged_adapter:
         available = sorted(lm.adapters) if not lm.merged_adapter else [lm.merged_adapter]
         raise UnknownAdapter(
@@ -254,6 +259,7 @@ def info(lm: LoadedModel) -> dict[str, Any]:
         "merged_adapter": lm.merged_adapter,
         "default_adapter": s.default_adapter or None,
         "adapters": [adapter.describe() for adapter in lm.adapters.values()],
+        "failed_adapters": [{"name": name, "reason": reason} for name, reason in lm.failed_adapters.items()],
         "limits": {"max_new_tokens": s.max_new_tokens, "default_max_new_tokens": s.default_max_new_tokens,
                    "max_inputs": s.max_inputs, "max_payload_bytes": s.max_payload_bytes,
                    "max_batch_rows": s.max_batch_rows, "time_budget_s": s.time_budget_s},
