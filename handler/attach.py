@@ -39,7 +39,7 @@ def attach_adapters(
         info = adapters[name]
         try:
             check_adapter_weights(info, shapes)
-            own_tokenizer = load_tokenizer(str(info.path)) if info.has_tokenizer else None
+            own_tokenizer = _own_tokenizer(info, load_tokenizer)
             model = _load_peft(model, info)
         except Exception as err:  # one adapter's failure must not take the base and the others down
             problems[name] = err
@@ -48,6 +48,18 @@ def attach_adapters(
         if own_tokenizer is not None:
             tokenizers[name] = own_tokenizer
     return model, served, tokenizers
+
+
+def _own_tokenizer(info: AdapterInfo, load_tokenizer: Callable[[str], Any]) -> Any:
+    """The adapter's own tokenizer (chat template), if it ships one; ``AdapterError`` if it does not load."""
+    if not info.has_tokenizer:
+        return None
+    try:
+        return load_tokenizer(str(info.path))
+    except Exception as err:
+        raise AdapterError(
+            f"adapter {info.name!r}: its tokenizer files do not load ({type(err).__name__}: {err})"
+        ) from err
 
 
 def _load_peft(model: Any, info: AdapterInfo) -> Any:

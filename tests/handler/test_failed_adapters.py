@@ -67,6 +67,8 @@ BROKEN: dict[str, tuple[Callable[[Path, dict[str, Path]], None], str]] = {
     "nan-weights": (lambda f, real: _nan_weights(f), r"lora_B.weight holds non-finite values"),
     "nan-alpha": (lambda f, real: _edit_config(f, lora_alpha=float("nan")), r"'lora_alpha' must be a finite number"),
     "dora": (lambda f, real: _swap_for(real["dora"])(f), r"field 'use_dora' is true"),
+    "bad-tokenizer": (lambda f, real: (f / "tokenizer.json").write_text("{not json"),
+                      r"^its tokenizer files do not load \(\w+"),
     "no-weights": (lambda f, real: (f / "adapter_model.safetensors").unlink(),
                    r"^weights are missing: expected adapter_model.safetensors in adapters/broken$"),
 }
