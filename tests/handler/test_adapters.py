@@ -131,3 +131,45 @@ def test_weights_check_reads_shapes_from_the_loaded_model(loaded, tiny_model_dir
     wider = {name: tuple(2 * n for n in shape) for name, shape in shapes.items()}
     with pytest.raises(AdapterError, match=r"lora_A.weight has shape \[4, 32\], expected \[4, 64\]"):
         check_adapter_weights(info, wider)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "refused"),
+    [
+        ("nan-in-last-chunk", True),
+        ("bfloat16-inf", True),
+        ("float8-nan", True),
+        ("scalar-nan", True),
+        ("integers", False),
+        ("finite-bfloat16", False),
+    ],
+)
+def test_every_value_of_every_floating_tensor_is_scanned(
+    tiny_model_dir, tmp_path, monkeypatch, tensor, refused
+) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import handler.adapter_weights
+
+    monkeypatch.setattr(handler.adapter_weights, "SCAN_CHUNK", 8)  # 2 rows of 4 per read: many chunks
+    last_row_nan = torch.zeros(9, 4)
+    last_row_nan[8, 3] = float("nan")
+    extra = {
+        "nan-in-last-chunk": last_row_nan,
+        "bfloat16-inf": torch.tensor([[1.0, float("inf")]], dtype=torch.bfloat16),
+        "float8-nan": torch.full((3,), float("nan")).to(torch.float8_e5m2),
+        "scalar-nan": torch.tensor(float("nan")),
+        "integers": torch.arange(12).view(3, 4),
+        "finite-bfloat16": torch.ones(5, 2, dtype=torch.bfloat16),
+    }[tensor]
+    folder = _copy(tiny_model_dir, tmp_path)
+    tensors = load_file(folder / "adapter_model.safetensors")
+    tensors["base_model.model.extra.tensor"] = extra
+    save_file(tensors, folder / "adapter_model.safetensors")
+    info = read_adapter("alpha", folder)
+    if refused:
+        with pytest.raises(AdapterError, match=r"tensor base_model\.model\.extra\.tensor holds non-finite values"):
+            check_adapter_weights(info)
+    else:
+        check_adapter_weights(info)
