@@ -113,26 +113,33 @@ def _check_factor(
         )
     rank = info.rank_for(module)
     features = _features(info, module, part, base)
-    in_f, out_f = features if features else (None, None)
-    expected: tuple[int | None, ...]
-    if part == "lora_magnitude_vector" or param == "bias":
-        expected = (out_f,)  # one value per output feature
-    elif part.endswith("A"):
-        expected = (rank, in_f)
-    else:
-        expected = (out_f, rank)
-    if len(shape) < len(expected):
-        raise AdapterError(f"{owner} has shape {_dims(shape)}, expected {len(expected)} dimensions or more")
-    got = shape[: len(expected)]  # a convolution's factors carry kernel dimensions after these
-    if all(want is None or want == have for want, have in zip(expected, got, strict=True)):
-        return
-    wanted = [have if want is None else want for want, have in zip(expected, got, strict=True)]
+    candidates = [features]
+    if features and info.fan_in_fan_out and not part.startswith("lora_embedding"):
+        # peft turns fan_in_fan_out off again for an nn.Linear, which a header cannot tell from a Conv1D
+        candidates.append((features[1], features[0]))
+    for candidate in candidates:
+        expected = _expected(part, param, rank, candidate)
+        if len(shape) < len(expected):
+            raise AdapterError(f"{owner} has shape {_dims(shape)}, expected {len(expected)} dimensions or more")
+        got = shape[: len(expected)]  # a convolution's factors carry kernel dimensions after these
+        if all(want is None or want == have for want, have in zip(expected, got, strict=True)):
+            return
+    expected = _expected(part, param, rank, features)
+    wanted = [have if want is None else want for want, have in zip(expected, shape, strict=False)]
     why = []
     if len(expected) == 2:
         why.append(f"rank_pattern gives {module} rank {rank}" if rank != info.rank else f"r={rank}")
     if features:
-        why.append(f"base module {module} has in_features {in_f}, out_features {out_f}")
+        why.append(f"base module {module} has in_features {features[0]}, out_features {features[1]}")
     raise AdapterError(f"{owner} has shape {_dims(shape)}, expected {_dims(wanted)} ({'; '.join(why)})")
+
+
+def _expected(part: str, param: str | None, rank: int, features: tuple[int, int] | None) -> tuple[int | None, ...]:
+    """The leading dimensions a LoRA tensor must have; None where the base module is not known."""
+    in_f, out_f = features if features else (None, None)
+    if part == "lora_magnitude_vector" or param == "bias":
+        return (out_f,)  # one value per output feature
+    return (rank, in_f) if part.endswith("A") else (out_f, rank)
 
 
 def _features(info: AdapterInfo, module: str, part: str, base: BaseShapes | None) -> tuple[int, int] | None:

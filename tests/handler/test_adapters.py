@@ -173,3 +173,30 @@ def test_every_value_of_every_floating_tensor_is_scanned(
             check_adapter_weights(info)
     else:
         check_adapter_weights(info)
+
+
+def test_conv1d_bases_and_fan_in_fan_out_are_sized_as_peft_sizes_them(loaded, tiny_model_dir, tmp_path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from handler.adapter_weights import tensor_shapes
+
+    # GIVEN a GPT-2 base (transformers' Conv1D stores weights as in x out) and a real adapter for it
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(
+        tmp_path / "gpt2")
+    model = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")
+    config = LoraConfig(r=4, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True)
+    get_peft_model(model, config).save_pretrained(tmp_path / "conv1d")
+    headers = {name.removesuffix(".weight"): shape
+               for name, shape in tensor_shapes(tmp_path / "gpt2" / "model.safetensors").items()}
+    from_modules = module_weight_shapes(GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2"))
+    info = read_adapter("conv1d", tmp_path / "conv1d")
+    # WHEN it is checked against the header shapes (build) and the loaded modules (serve) THEN it passes
+    for shapes in (headers, from_modules):
+        check_adapter_weights(info, shapes)
+        with pytest.raises(AdapterError, match=r"c_attn.lora_A.weight has shape \[4, 32\], expected \[4, 64\]"):
+            check_adapter_weights(info, {name: tuple(2 * n for n in shape) for name, shape in shapes.items()})
+    # AND a Llama adapter whose config says fan_in_fan_out (peft turns it off for nn.Linear) still passes
+    folder = _copy(tiny_model_dir, tmp_path)
+    _edit_config(folder, fan_in_fan_out=True)
+    check_adapter_weights(read_adapter("alpha", folder), module_weight_shapes(loaded.model.get_base_model()))
