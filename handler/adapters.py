@@ -9,6 +9,7 @@ same checks before it packages anything, so a broken adapter never reaches an en
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Names that mean "no adapter" in a request.
 BASE_MODEL_ALIASES = frozenset({"base", "__base__"})
+# peft LoRA variants (config field -> name) this handler refuses: their factors or forward pass are not
+# plain LoRA, so the weights check cannot vouch for them (peft 0.13, in older images, knows none of them).
+LORA_VARIANTS = {
+    "use_qalora": "QALoRA",
+    "alora_invocation_tokens": "aLoRA",
+    "velora_config": "VeLoRA",
+    "monteclora_config": "MonteCLoRA",
+    "use_bdlora": "BD-LoRA",
+    "arrow_config": "Arrow routing",
+    "kasa_config": "KaSA",
+}
 
 
 class AdapterError(ValueError):
@@ -42,11 +54,21 @@ class AdapterInfo:
     modules_to_save: tuple[str, ...] = ()
     has_tokenizer: bool = False
     rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    fan_in_fan_out: bool = False
+    use_dora: bool = False
 
     @property
     def max_rank(self) -> int:
         """Largest rank of any module (``rank_pattern`` can raise it above ``r``)."""
         return max([self.rank, *self.rank_pattern.values()])
+
+    def rank_for(self, module: str) -> int:
+        """The rank peft gives ``module``: the first ``rank_pattern`` key matching its path's end, else ``r``."""
+        for key, rank in self.rank_pattern.items():
+            if re.match(rf"(.*\.)?({key})$", module):  # peft's get_pattern_key
+                return rank
+        return self.rank
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary for model info and the package manifest."""
@@ -84,6 +106,75 @@ def _as_str_tuple(name: str, key: str, value: Any) -> tuple[str, ...]:
     raise AdapterError(f"adapter {name!r}: {ADAPTER_CONFIG} field '{key}' must be a string or a list of strings")
 
 
+def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """Path and value of the first NaN / infinity in parsed JSON (``json`` accepts ``NaN``, ``Infinity``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _positive_number(value: Any) -> bool:
+    try:
+        return isinstance(value, int | float) and not isinstance(value, bool) and 0 < float(value) < math.inf
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _patterns(name: str, config: dict[str, Any], key: str, valid: Any, what: str) -> dict[str, Any]:
+    """``rank_pattern`` / ``alpha_pattern``: regex keys (as peft reads them) -> values passing ``valid``."""
+    pattern = config.get(key) or {}
+    if not isinstance(pattern, dict) or not all(valid(v) for v in pattern.values()):
+        raise AdapterError(f"adapter {name!r}: field '{key}' must map module names to {what}")
+    for module in pattern:
+        try:
+            re.compile(module)
+        except re.error as err:
+            raise AdapterError(f"adapter {name!r}: field '{key}' key {module!r} is not a valid regex: {err}") from None
+    return dict(pattern)
+
+
+def _check_variant(name: str, config: dict[str, Any]) -> None:
+    """Refuse peft LoRA variants and options the handler cannot serve next to other adapters."""
+    if config.get("target_parameters"):
+        raise AdapterError(
+            f"adapter {name!r}: field 'target_parameters' is set: peft cannot route LoRA on parameters per row "
+            "in a mixed-adapter batch (its ParamWrapper refuses adapter_names); target modules instead"
+        )
+    if config.get("layer_replication"):
+        raise AdapterError(
+            f"adapter {name!r}: field 'layer_replication' is set: loading it rewrites the base model's layers, "
+            "which the base and every other adapter would then run on"
+        )
+    variants = [(key, label) for key, label in LORA_VARIANTS.items() if config.get(key)]
+    if config.get("init_lora_weights") == "mica":
+        variants.append(("init_lora_weights", "MiCA"))
+    if variants:
+        key, label = variants[0]
+        raise AdapterError(
+            f"adapter {name!r}: field '{key}' makes it a {label} adapter, a peft LoRA variant this handler does "
+            "not serve (plain LoRA only; DoRA only merged)"
+        )
+
+
+def check_unmerged(info: AdapterInfo) -> None:
+    """Refuse what can be served only merged into the base: DoRA.
+
+    Mixed-adapter batches route each row through peft's ``adapter_names``, which peft (0.13 to 0.21)
+    refuses for DoRA ("Cannot pass `adapter_names` when DoRA is enabled"); merging it is exact.
+    """
+    if info.use_dora:
+        raise AdapterError(
+            f"adapter {info.name!r}: field 'use_dora' is true: DoRA adapters cannot share a batch with other "
+            "adapters (peft refuses DoRA in adapter_names) and vLLM, LMI's LoRA backend, refuses DoRA; merge it "
+            "into the base (model_package build --merge, or LORA_MERGE) or retrain without DoRA"
+        )
+
+
 def read_adapter(name: str, path: str | Path, *, allow_pickle: bool = False) -> AdapterInfo:
     """Validate the adapter folder at ``path`` and return its ``AdapterInfo``.
 
@@ -104,10 +195,13 @@ def read_adapter(name: str, path: str | Path, *, allow_pickle: bool = False) -> 
         raise AdapterError(f"adapter {name!r}: {ADAPTER_CONFIG} is missing in {folder}")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdapterError(f"adapter {name!r}: {ADAPTER_CONFIG} is unreadable: {err}") from None
+        bad = _non_finite(config)
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON, or a 5000-digit number
+        raise AdapterError(f"adapter {name!r}: {ADAPTER_CONFIG} is unreadable: {str(err)[:200]}") from None
     if not isinstance(config, dict):
         raise AdapterError(f"adapter {name!r}: {ADAPTER_CONFIG} must hold a JSON object")
+    if bad is not None:
+        raise AdapterError(f"adapter {name!r}: field '{bad[0]}' must be a finite number, got {bad[1]}")
 
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
@@ -116,16 +210,17 @@ def read_adapter(name: str, path: str | Path, *, allow_pickle: bool = False) -> 
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise AdapterError(f"adapter {name!r}: field 'r' must be a positive integer, got {rank!r}")
     alpha = config.get("lora_alpha", rank)
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha <= 0:
-        raise AdapterError(f"adapter {name!r}: field 'lora_alpha' must be a positive number, got {alpha!r}")
+    if not _positive_number(alpha):
+        raise AdapterError(f"adapter {name!r}: field 'lora_alpha' must be a positive number, got {str(alpha)[:40]}")
     target_modules = _as_str_tuple(name, "target_modules", config.get("target_modules"))
     if not target_modules:
         raise AdapterError(f"adapter {name!r}: field 'target_modules' is empty")
-    rank_pattern = config.get("rank_pattern") or {}
-    if not isinstance(rank_pattern, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in rank_pattern.values()
-    ):
-        raise AdapterError(f"adapter {name!r}: field 'rank_pattern' must map module names to positive ranks")
+    rank_pattern = _patterns(
+        name, config, "rank_pattern", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "positive ranks",
+    )
+    alpha_pattern = _patterns(name, config, "alpha_pattern", _positive_number, "positive numbers")
+    _check_variant(name, config)
 
     has_safetensors = (folder / SAFETENSORS_WEIGHTS).is_file()
     has_pickle = (folder / PICKLE_WEIGHTS).is_file()
@@ -148,14 +243,21 @@ def read_adapter(name: str, path: str | Path, *, allow_pickle: bool = False) -> 
         base_model_name_or_path=base if isinstance(base, str) and base else None,
         modules_to_save=_as_str_tuple(name, "modules_to_save", config.get("modules_to_save")),
         has_tokenizer=any((folder / f).is_file() for f in TOKENIZER_FILES),
-        rank_pattern=dict(rank_pattern),
+        rank_pattern=rank_pattern,
+        alpha_pattern={key: float(value) for key, value in alpha_pattern.items()},
+        fan_in_fan_out=bool(config.get("fan_in_fan_out")),
+        use_dora=bool(config.get("use_dora")),
     )
 
 
-def discover_adapters(adapters_dir: str | Path, *, allow_pickle: bool = False) -> dict[str, AdapterInfo]:
+def discover_adapters(
+    adapters_dir: str | Path, *, allow_pickle: bool = False, failures: dict[str, Exception] | None = None
+) -> dict[str, AdapterInfo]:
     """Every adapter under ``adapters_dir`` (one folder each, named by the folder), sorted by name.
 
     A missing folder means no adapters; hidden entries (``.cache`` ...) and plain files are skipped.
+    The first broken adapter raises ``AdapterError``, unless ``failures`` is given: then each broken
+    one is recorded there by folder name and left out.
     """
     root = Path(adapters_dir)
     if not root.is_dir():
@@ -164,5 +266,10 @@ def discover_adapters(adapters_dir: str | Path, *, allow_pickle: bool = False) -
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or not (entry.is_dir() or entry.is_symlink()):
             continue
-        found[entry.name] = read_adapter(entry.name, entry, allow_pickle=allow_pickle)
+        try:
+            found[entry.name] = read_adapter(entry.name, entry, allow_pickle=allow_pickle)
+        except AdapterError as err:
+            if failures is None:
+                raise
+            failures[entry.name] = err
     return found

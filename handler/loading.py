@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .adapters import AdapterInfo, discover_adapters
+from .adapters import AdapterError, AdapterInfo, check_unmerged, discover_adapters
+from .attach import attach_adapters, short_reason
 from .config import HandlerSettings
 from .errors import ModelLoadError
 
@@ -36,6 +37,8 @@ class LoadedModel:
     context_length: int
     merged_adapter: str | None = None
     adapter_tokenizers: dict[str, Any] = field(default_factory=dict)
+    # Adapters found under adapters/ that are not served: name -> short reason (no local paths).
+    failed_adapters: dict[str, str] = field(default_factory=dict)
     load_seconds: float = 0.0
     # One generation at a time per model: the local endpoint calls in from several threads.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -137,27 +140,35 @@ def _context_length(config: Any, tokenizer: Any) -> int:
 
 
 def load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel:
-    """Load the base model and every adapter under ``<model_dir>/<adapters_dir>`` once, by name."""
+    """Load the base model and every adapter under ``<model_dir>/<adapters_dir>`` once, by name.
+
+    An adapter that cannot be served (a broken folder, weights that do not fit the base, peft raising)
+    is logged, left out and listed in ``failed_adapters``; the base and the other adapters are served.
+    Loading fails only when the base cannot load, or when the adapter it cannot do without (the
+    ``LORA_DEFAULT_ADAPTER``, the one ``LORA_MERGE`` bakes in) is one of those.
+    """
     import time
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     started = time.perf_counter()
     base_ref = resolve_base_model(model_dir, settings)
-    adapters = discover_adapters(Path(model_dir) / settings.adapters_dir)
-    if settings.default_adapter and settings.default_adapter not in adapters:
-        raise ModelLoadError(
-            f"LORA_DEFAULT_ADAPTER is {settings.default_adapter!r} but the adapters are: {sorted(adapters) or 'none'}"
-        )
-    if settings.merge and len(adapters) != 1:
-        raise ModelLoadError(f"LORA_MERGE needs exactly one adapter, found {len(adapters)}")
+    problems: dict[str, Exception] = {}
+    adapters = discover_adapters(Path(model_dir) / settings.adapters_dir, failures=problems)
+    if settings.merge and len(adapters) + len(problems) != 1:
+        raise ModelLoadError(f"LORA_MERGE needs exactly one adapter, found {len(adapters) + len(problems)}")
+    if not settings.merge:
+        for name in list(adapters):
+            try:
+                check_unmerged(adapters[name])
+            except AdapterError as err:
+                problems[name] = err
+                del adapters[name]
+    _require_adapters(settings, adapters, problems, model_dir)
     device, dtype = pick_device_and_dtype(settings)
     log.info("loading base model %s on %s as %s with adapters %s", base_ref, device, dtype, sorted(adapters))
 
-    tokenizer = AutoTokenizer.from_pretrained(base_ref, trust_remote_code=settings.trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        # Padding positions are masked out; any id will do, and EOS always exists.
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _load_tokenizer(base_ref, settings.trust_remote_code)
     load_kwargs: dict[str, Any] = {"trust_remote_code": settings.trust_remote_code, **dtype_kwarg(dtype)}
     if device.type == "cuda":
         load_kwargs["device_map"] = "auto"  # spreads a model too big for one GPU over all of them
@@ -165,26 +176,17 @@ def load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel:
     if device.type != "cuda":
         model.to(device)
 
+    model, adapters, adapter_tokenizers = attach_adapters(model, adapters, problems, load_tokenizer=_load_tokenizer)
+    failed = {name: short_reason(err, model_dir) for name, err in sorted(problems.items())}
+    for name, problem in sorted(problems.items()):
+        log.error("adapter %r is not served: %s", name, problem)
+    _require_adapters(settings, adapters, problems, model_dir)
     merged = None
-    if adapters:
-        from peft import PeftModel
-
-        names = sorted(adapters)
-        first = adapters[names[0]]
-        model = PeftModel.from_pretrained(model, str(first.path), adapter_name=first.name, is_trainable=False)
-        for name in names[1:]:
-            model.load_adapter(str(adapters[name].path), adapter_name=name, is_trainable=False)
-        if settings.merge:
-            model = model.merge_and_unload()
-            merged = first.name
+    if settings.merge:
+        model = model.merge_and_unload()
+        merged = next(iter(adapters))
     model.eval()
 
-    adapter_tokenizers = {
-        name: AutoTokenizer.from_pretrained(str(info.path)) for name, info in adapters.items() if info.has_tokenizer
-    }
-    for adapter_tokenizer in adapter_tokenizers.values():
-        if adapter_tokenizer.pad_token_id is None:
-            adapter_tokenizer.pad_token = adapter_tokenizer.eos_token
     context = _context_length(model.config, tokenizer)
     if settings.max_input_tokens:
         context = min(context, settings.max_input_tokens)
@@ -199,8 +201,34 @@ def load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel:
         context_length=context,
         merged_adapter=merged,
         adapter_tokenizers=adapter_tokenizers,
+        failed_adapters=failed,
         load_seconds=time.perf_counter() - started,
     )
+
+
+def _load_tokenizer(ref: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked out; any id will do, and EOS always exists.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _require_adapters(
+    settings: HandlerSettings, adapters: dict[str, AdapterInfo], problems: dict[str, Exception], model_dir: str | Path
+) -> None:
+    """Fail the load when the adapter the settings depend on is not served (serving the base instead
+    would answer every request that names no adapter with another model than the one configured)."""
+    needed = [(settings.default_adapter, "LORA_DEFAULT_ADAPTER")] if settings.default_adapter else []
+    if settings.merge:
+        needed += [(name, "LORA_MERGE's adapter") for name in problems]
+    for name, setting in needed:
+        if name in problems:
+            raise ModelLoadError(f"{setting} {name!r} cannot be served: {short_reason(problems[name], model_dir)}")
+        if name not in adapters:
+            raise ModelLoadError(f"{setting} is {name!r} but the adapters are: {sorted(adapters) or 'none'}")
 
 
 def _base_name(base_ref: str, settings: HandlerSettings) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import chat, rag
-from .errors import ContextLengthExceeded, GenerationFailed, HandlerError, InvalidRequest, UnknownAdapter
+from .errors import ContextLengthExceeded, GenerationFailed, HandlerError, InvalidRequest, UnknownAdapter, shown
 from .generation import ERROR, Row, RowResult, generate
 from .loading import LoadedModel
 from .schema import GenerateRequest, InfoRequest
@@ -42,10 +42,15 @@ def resolve_adapter(lm: LoadedModel, name: str | None) -> str | None:
             return None
     if name == lm.merged_adapter:
         return None  # the merged weights are the base now
+    if name in lm.failed_adapters:
+        raise UnknownAdapter(
+            f"adapter {shown(name)} failed to load at start-up and is not served: {lm.failed_adapters[name]}",
+            param="adapters",
+        )
     if name not in lm.adapters or lm.merged_adapter:
         available = sorted(lm.adapters) if not lm.merged_adapter else [lm.merged_adapter]
         raise UnknownAdapter(
-            f"adapter {name!r} is not served here; available: {', '.join(available) or 'none (base model only)'}",
+            f"adapter {shown(name)} is not served here; available: {', '.join(available) or 'none (base model only)'}",
             param="adapters",
         )
     return name
@@ -242,6 +247,7 @@ def info(lm: LoadedModel) -> dict[str, Any]:
             {"name": a.name, "rank": a.max_rank, "alpha": a.alpha, "target_modules": list(a.target_modules)}
             for a in lm.adapters.values()
         ],
+        "failed_adapters": [{"name": name, "reason": reason} for name, reason in lm.failed_adapters.items()],
         "limits": {"max_new_tokens": s.max_new_tokens, "default_max_new_tokens": s.default_max_new_tokens,
                    "max_inputs": s.max_inputs, "max_payload_bytes": s.max_payload_bytes,
                    "max_batch_rows": s.max_batch_rows, "time_budget_s": s.time_budget_s},

@@ -1,16 +1,18 @@
 """What the packager needs to know about a local base model, read from metadata only.
 
-Weight names and shapes come from the safetensors headers (``safe_open``), never from loading the
-tensors, so checking a 70B base costs a few header reads.
+Weight names and shapes come from the safetensors headers (``safe_open``; every shard of a sharded
+base), never from loading the tensors, so checking a 70B base costs a few header reads.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from handler.adapter_weights import tensor_shapes
 from model_package.config import PackageError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -27,6 +29,8 @@ class BaseModel:
     weight_names: frozenset[str]
     files: tuple[str, ...]
     """Relative POSIX paths to bundle, sorted; pickle weights and hidden files left out."""
+    weight_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """Tensor name -> shape, from the headers of every safetensors file (every shard of a sharded base)."""
 
     @property
     def vocab_size(self) -> int | None:
@@ -41,6 +45,12 @@ class BaseModel:
     def module_names(self) -> frozenset[str]:
         """Module paths that own a weight (``model.layers.0.self_attn.q_proj``)."""
         return frozenset(name.rsplit(".", 1)[0] for name in self.weight_names if "." in name)
+
+    @property
+    def module_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Module path -> the shape of its ``weight``, what the adapter weights check compares against."""
+        return {name.removesuffix(".weight"): shape for name, shape in self.weight_shapes.items()
+                if name.endswith(".weight")}
 
     @property
     def name_hints(self) -> frozenset[str]:
@@ -84,15 +94,12 @@ def list_files(folder: Path, *, owner: str, follow_file_links: bool) -> list[str
     return found
 
 
-def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+def safetensors_shapes(path: Path, *, owner: str) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors header (no tensor data is read)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="np") as handle:
-            return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
-    except Exception as err:  # safetensors raises its own error types for a bad header
-        raise PackageError(f"{path.name}: not a readable safetensors file ({err})") from None
+        return tensor_shapes(path)
+    except ValueError as err:
+        raise PackageError(f"{owner}: {err}") from None
 
 
 def read_base_model(folder: str | Path) -> BaseModel:
@@ -118,21 +125,24 @@ def read_base_model(folder: str | Path) -> BaseModel:
         hint = f"; only pickle weights found ({', '.join(pickles)})" if pickles else ""
         raise PackageError(f"{owner}: no *.safetensors weights in {path}{hint}")
     names: set[str] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
     index_path = path / SAFETENSORS_INDEX
     if index_path.is_file():
         try:
             weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise PackageError(f"{owner}: {SAFETENSORS_INDEX} is unreadable: {err}") from None
-        for shard in sorted(set(weight_map.values())):
+        for shard in sorted(set(weight_map.values()), key=str):
             if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
                 raise PackageError(f"{owner}: {SAFETENSORS_INDEX} points outside the folder: {shard!r}")
             if not (path / shard).is_file():
                 raise PackageError(f"{owner}: {SAFETENSORS_INDEX} names {shard}, which is missing")
+            shapes.update(safetensors_shapes(path / shard, owner=owner))
         names.update(weight_map)
     else:
         for name in weights:
-            names.update(safetensors_shapes(path / name))
+            shapes.update(safetensors_shapes(path / name, owner=owner))
+        names.update(shapes)
     # Pickle weights next to safetensors ones (hub repos often carry both) are never bundled.
     bundled = tuple(name for name in files if not is_pickle(name))
-    return BaseModel(path=path, config=config, weight_names=frozenset(names), files=bundled)
+    return BaseModel(path=path, config=config, weight_names=frozenset(names), files=bundled, weight_shapes=shapes)

@@ -6,6 +6,7 @@ build never pays for them.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,23 @@ from model_package.base import is_pickle
 from model_package.config import PackageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
+# torch's refusal wraps the cause in advice to retry with weights_only=False (which runs the pickle's
+# code) or to allowlist globals: keep only the cause.
+UNPICKLER_CAUSE = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def refusal_reason(err: BaseException) -> str:
+    """The useful cause of a ``torch.load(weights_only=True)`` failure, one line, without torch's advice."""
+    text = ANSI_ESCAPE.sub("", str(err)).strip()
+    match = UNPICKLER_CAUSE.search(text)
+    if match:  # "Unsupported global: GLOBAL io.open was not an allowed global by default. Please use ..."
+        return match.group(1).split(". Please", 1)[0].strip().rstrip(".")
+    if not text:
+        return f"{type(err).__name__} (truncated or empty file)" if isinstance(err, EOFError) else type(err).__name__
+    if "weights_only" in text:
+        return "it holds objects other than plain tensors"
+    return text.splitlines()[0].split(". ", 1)[0].strip().rstrip(".")
 
 
 def convert_pickle_adapter(name: str, source: Path, dest: Path) -> Path:
@@ -27,8 +45,8 @@ def convert_pickle_adapter(name: str, source: Path, dest: Path) -> Path:
 
     try:
         state = torch.load(source / PICKLE_WEIGHTS, map_location="cpu", weights_only=True)
-    except Exception as err:  # an UnpicklingError names the refused global; keep only the first line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # an UnpicklingError names the refused global
+        reason = refusal_reason(err)
         raise PackageError(f"adapter {name!r}: {PICKLE_WEIGHTS} cannot be loaded as plain tensors: {reason}") from None
     if not isinstance(state, dict) or not state or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()

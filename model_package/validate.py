@@ -1,8 +1,9 @@
 """Package-level checks: what one adapter folder cannot tell on its own.
 
-Per-adapter checks (config fields, weights present, pickles, links) are ``handler.adapters.read_adapter``,
-the same code the endpoint runs at start-up. This module adds what needs the whole build: name
-collisions, the base model (declared name, module names, vocabulary) and the serving options.
+Per-adapter checks (config fields, weights present, pickles, links) are ``handler.adapters.read_adapter``
+and the weights check (shapes, NaN) ``handler.adapter_weights.check_adapter_weights``: the same code the
+endpoint runs at start-up. This module adds what needs the whole build: name collisions, the base model
+(declared name, module names, vocabulary) and the serving options.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from handler.adapter_weights import check_adapter_weights
 from handler.adapters import (
     ADAPTER_CONFIG,
     SAFETENSORS_WEIGHTS,
     AdapterInfo,
+    check_unmerged,
     read_adapter,
     validate_adapter_name,
 )
@@ -60,20 +63,22 @@ def load_adapters(options: BuildOptions, staging: Path, base: BaseModel | None) 
             info = read_adapter(name, source)
         owner = f"adapter {name!r}"
         files = tuple(f for f in list_files(source, owner=owner, follow_file_links=False) if not is_pickle(f))
-        shapes = safetensors_shapes(source / SAFETENSORS_WEIGHTS)
-        if not any("lora_" in tensor for tensor in shapes):
-            raise PackageError(f"{owner}: {SAFETENSORS_WEIGHTS} holds no LoRA tensors (lora_A / lora_B)")
+        shapes = safetensors_shapes(source / SAFETENSORS_WEIGHTS, owner=owner)
         check_serving(info, options)
         check_base_name(info, options, base)
         if base is not None:
             check_target_modules(info, source, base)
             check_vocab(info, source, shapes, base)
+        # The handler runs the same check at start-up, against the loaded model's modules.
+        check_adapter_weights(info, base.module_shapes if base is not None else None)
         adapters.append(Adapter(info=info, source=source, files=files))
     return adapters
 
 
 def check_serving(info: AdapterInfo, options: BuildOptions) -> None:
-    """Rank and ``modules_to_save`` against the serving options."""
+    """Rank, ``modules_to_save`` and DoRA against the serving options."""
+    if not options.merge:
+        check_unmerged(info)
     if info.max_rank > options.max_lora_rank:
         field = "r" if info.max_rank == info.rank else "rank_pattern"
         raise PackageError(
@@ -144,7 +149,7 @@ def _tokenizer_size(path: Path) -> int | None:
         return None
 
 
-def check_vocab(info: AdapterInfo, source: Path, shapes: dict[str, list[int]], base: BaseModel) -> None:
+def check_vocab(info: AdapterInfo, source: Path, shapes: dict[str, tuple[int, ...]], base: BaseModel) -> None:
     """Embedding-sized tensors (and the adapter's own tokenizer) must fit the base's vocabulary."""
     vocab = base.vocab_size
     if vocab is None:

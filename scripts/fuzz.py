@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -268,7 +268,7 @@ def _event_payloads(frames: bytes) -> tuple[bytes, str | None]:
     buffer.add_data(frames)
     payload = b""
     for message in buffer:
-        headers: dict[str, Any] = message.headers  # botocore types it loosely
+        headers = cast(dict[str, Any], message.headers)  # botocore types it loosely
         if headers.get(":message-type") == "exception" or headers.get(":event-type") != "PayloadPart":
             return payload, f"event stream carried {headers.get(':exception-type') or headers.get(':event-type')}"
         payload += message.payload

@@ -124,11 +124,13 @@ def build_lora_adapter(
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
     scale: float = 1.0,
     base_model_name_or_path: str | None = None,
+    use_dora: bool = False,
 ) -> Path:
     """Write a real peft LoRA adapter with seeded, non-zero weights for the model in ``base_dir``.
 
     peft initialises ``lora_B`` to zero (an adapter that changes nothing); ``init_lora_weights=False``
     makes both factors random, and ``scale`` multiplies ``lora_B`` so adapters differ visibly.
+    ``use_dora`` writes a DoRA adapter (with its magnitude vectors) instead.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -144,6 +146,7 @@ def build_lora_adapter(
         lora_dropout=0.0,
         init_lora_weights=False,
         task_type="CAUSAL_LM",
+        use_dora=use_dora,
     )
     model = get_peft_model(base, peft_config)
     with torch.no_grad():

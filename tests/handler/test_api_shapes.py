@@ -185,7 +185,8 @@ def test_info_lists_real_adapters_with_ranks(served) -> None:
     assert body["adapters"][0]["target_modules"] == ["q_proj", "v_proj"]
     assert body["context_length"] == 256 and body["limits"]["max_new_tokens"] == 128
     # Callers see names, ranks and limits; the host's paths, memory and library versions stay in its log.
-    assert set(body) == {"base_model", "context_length", "merged_adapter", "default_adapter", "adapters", "limits"}
+    assert set(body) == {"base_model", "context_length", "merged_adapter", "default_adapter", "adapters",
+                         "failed_adapters", "limits"}
     assert set(body["adapters"][0]) == {"name", "rank", "alpha", "target_modules"}
     assert "/" not in json.dumps(body["base_model"])
 
