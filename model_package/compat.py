@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from model_package.base import read_json_object
 from model_package.config import PackageError
 
 CONFIG, TOKENIZER_CONFIG, ADAPTER_CONFIG = "config.json", "tokenizer_config.json", "adapter_config.json"
@@ -96,28 +97,27 @@ def normalise_adapter_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_json(path: Path, owner: str) -> dict[str, Any]:
+def _chat_template(folder: Path, owner: str) -> str | None:
+    path = folder / CHAT_TEMPLATE_FILE
+    if not path.is_file():
+        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PackageError(f"{owner}: {path.name} is unreadable: {err}") from None
-    if not isinstance(data, dict):
-        raise PackageError(f"{owner}: {path.name} must hold a JSON object")
-    return data
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PackageError(f"{owner}: {CHAT_TEMPLATE_FILE} is unreadable: {err}") from None
 
 
 def normalised_bytes(folder: Path, name: str, *, owner: str) -> bytes | None:
     """The normalised content of ``folder/name``, or None when the file is fine as it is (or not normalised)."""
     if name not in NORMALISED or not (folder / name).is_file():
         return None
-    data = _read_json(folder / name, owner)
+    data = read_json_object(folder / name, owner=owner)
     if name == CONFIG:
         fixed = normalise_config(data)
     elif name == ADAPTER_CONFIG:
         fixed = normalise_adapter_config(data)
     else:
-        template = folder / CHAT_TEMPLATE_FILE
-        fixed = normalise_tokenizer_config(data, template.read_text(encoding="utf-8") if template.is_file() else None)
+        fixed = normalise_tokenizer_config(data, _chat_template(folder, owner))
     if fixed == data:
         return None
     return (json.dumps(fixed, indent=2, ensure_ascii=False) + "\n").encode()

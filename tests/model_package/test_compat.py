@@ -97,6 +97,9 @@ def test_files_already_portable_keep_their_bytes_and_bad_json_is_a_package_error
     (tmp_path / "adapter_config.json").write_text("[1, 2]")
     with pytest.raises(PackageError, match=r"^adapter 'x': adapter_config.json must hold a JSON object$"):
         normalised_bytes(tmp_path, "adapter_config.json", owner="adapter 'x'")
+    (tmp_path / "chat_template.jinja").write_bytes(b"\xff\xfe{{ x }}")
+    with pytest.raises(PackageError, match=r"^base model: chat_template.jinja is unreadable"):
+        normalised_bytes(tmp_path, "tokenizer_config.json", owner="base model")
 
 
 def test_build_bundles_normalised_copies_and_leaves_the_sources_alone(raw_src: Path, tmp_path: Path) -> None:
@@ -165,3 +168,20 @@ def test_merge_writes_a_normalised_base(raw_src: Path, tmp_path: Path) -> None:
 def test_tiny_models_are_written_normalised(tiny_src: Path) -> None:
     assert _pending(tiny_src / "base") == []
     assert _pending(tiny_src / "adapters" / "alpha") == []
+
+
+def test_a_malformed_tokenizer_config_is_exit_2_in_one_line(
+    raw_src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from model_package.cli import main
+
+    base = shutil.copytree(raw_src / "base", tmp_path / "base")
+    (base / "tokenizer_config.json").write_text('{"tokenizer_class": ')
+    code = main(["build", "--base-model", str(base), "--output", str(tmp_path / "out" / "model.tar.gz"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: base model: tokenizer_config.json is unreadable") and err.count("\n") == 1
+    assert not (tmp_path / "out" / "model.tar.gz").exists()
