@@ -4,8 +4,18 @@ PY := .venv/bin/python
 # override with `make TORCH_SPEC=torch==X.Y venv` for another build.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= handler,tools,cdk,dev
+# The transformers 4.x tiers (README, "Benchmarks and tests"): each in its own venv with what a container
+# image may ship instead of what .venv has - the newest 4.x with peft 0.17, and the oldest pair supported.
+COMPAT_NEWEST := transformers==4.57.6 peft==0.17.1
+COMPAT_OLDEST := transformers==4.45.2 peft==0.13.2
+# What the handler's tests need besides transformers / peft (not the project's extras: no CDK, no servers).
+COMPAT_DEPS := "accelerate>=0.34" "safetensors>=0.4" "jinja2>=3.1" "pytest>=8" "pytest-timeout>=2.3" \
+	"boto3>=1.35" "moto[s3]>=5.0"
+# The handler's tests there, and a package built by .venv (transformers 5) served there.
+compat_tests = LORA_BUILD_PYTHON="$(abspath $(PY))" $(1)/bin/python -m pytest -q tests/handler tests/compat \
+	-m "not slow and not gpu and not e2e"
 
-.PHONY: all venv test test-all lint typecheck demo synth bench clean
+.PHONY: all venv test test-all test-compat test-compat-oldest lint typecheck demo synth bench clean
 
 all: lint test
 
@@ -27,6 +37,21 @@ test: venv
 test-all: venv
 	$(PY) -m pytest -q -m "not gpu"
 
+.venv-compat/.stamp: COMPAT_SPEC = $(COMPAT_NEWEST)
+.venv-compat-oldest/.stamp: COMPAT_SPEC = $(COMPAT_OLDEST)
+.venv-compat/.stamp .venv-compat-oldest/.stamp: Makefile
+	test -x $(@D)/bin/python || python3 -m venv $(@D)
+	$(@D)/bin/python -m pip install -q --upgrade pip
+	$(@D)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(@D)/bin/python -m pip install -q $(COMPAT_SPEC) $(COMPAT_DEPS)
+	touch $@
+
+test-compat: venv .venv-compat/.stamp
+	$(call compat_tests,.venv-compat)
+
+test-compat-oldest: venv .venv-compat-oldest/.stamp
+	$(call compat_tests,.venv-compat-oldest)
+
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy handler model_package scripts cdk
@@ -40,7 +65,7 @@ bench: venv
 	$(PY) scripts/bench.py
 
 clean:
-	rm -rf .venv cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-compat .venv-compat-oldest cdk.out .pytest_cache .mypy_cache .ruff_cache
 
 # Synthesize the CDK app offline (no AWS credentials): cdk.out/LoraEndpoint.template.json, checked by cdk-nag.
 # Context keys: see README "Deploy to AWS"; pass them with `npx cdk synth -c key=value`.

@@ -94,6 +94,17 @@ def list_files(folder: Path, *, owner: str, follow_file_links: bool) -> list[str
     return found
 
 
+def read_json_object(path: Path, *, owner: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; anything else is a ``PackageError`` naming ``owner`` and the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON, bad UTF-8, a 5000-digit number
+        raise PackageError(f"{owner}: {path.name} is unreadable: {str(err)[:200]}") from None
+    if not isinstance(data, dict):
+        raise PackageError(f"{owner}: {path.name} must hold a JSON object")
+    return data
+
+
 def safetensors_shapes(path: Path, *, owner: str) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors header (no tensor data is read)."""
     try:
@@ -110,12 +121,7 @@ def read_base_model(folder: str | Path) -> BaseModel:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise PackageError(f"{owner}: config.json is missing in {path}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PackageError(f"{owner}: config.json is unreadable: {err}") from None
-    if not isinstance(config, dict):
-        raise PackageError(f"{owner}: config.json must hold a JSON object")
+    config = read_json_object(config_path, owner=owner)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise PackageError(f"{owner}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {path}")
 
@@ -130,8 +136,8 @@ def read_base_model(folder: str | Path) -> BaseModel:
     if index_path.is_file():
         try:
             weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise PackageError(f"{owner}: {SAFETENSORS_INDEX} is unreadable: {err}") from None
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+            raise PackageError(f"{owner}: {SAFETENSORS_INDEX} is unreadable: {str(err)[:200]}") from None
         for shard in sorted(set(weight_map.values()), key=str):
             if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
                 raise PackageError(f"{owner}: {SAFETENSORS_INDEX} points outside the folder: {shard!r}")

@@ -2,6 +2,8 @@
 
 Nothing appears at the output path unless the whole build succeeded: the work happens in a
 temporary folder next to it (same file system) and the result is renamed into place at the end.
+A bundled base's and adapters' config and tokenizer files go in as copies that transformers 4.x and
+5.x read alike (``model_package.compat``); the source folders are only read.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from model_package.archive import write_tar_gz
 from model_package.base import BaseModel, list_files, read_base_model
 from model_package.config import BuildOptions, PackageError
 from model_package.convert import merge_adapter
-from model_package.layout import MANIFEST, Entry, folder_entries, generated_files, handler_files
+from model_package.layout import MANIFEST, Entry, bundled_entries, folder_entries, generated_files, handler_files
 from model_package.manifest import CHUNK, FileDigest, build_manifest, digest_entries, tree_digest
 from model_package.progress import progress_bar
 from model_package.validate import Adapter, load_adapters
@@ -105,12 +107,13 @@ def build(options: BuildOptions) -> BuildResult:
         merged = adapters[0] if options.merge else None
         if base is not None and merged is not None:
             folder = merge_adapter(base.path, merged.source, work / "merged")
-            entries += folder_entries("base", folder, tuple(list_files(folder, owner="merged model",
-                                                                         follow_file_links=False)))
+            files = tuple(list_files(folder, owner="merged model", follow_file_links=False))
+            entries += bundled_entries("base", folder, files, owner="merged model")
         elif base is not None:
-            entries += folder_entries("base", base.path, base.files)
+            entries += bundled_entries("base", base.path, base.files, owner="base model")
         for adapter in adapters if merged is None else []:
-            entries += folder_entries(f"adapters/{adapter.info.name}", adapter.source, adapter.files)
+            entries += bundled_entries(f"adapters/{adapter.info.name}", adapter.source, adapter.files,
+                                       owner=f"adapter {adapter.info.name!r}")
 
         sizes = {e.arcname: (len(e.data) if e.data is not None else os.path.getsize(e.source or "")) for e in entries}
         total = sum(sizes.values())

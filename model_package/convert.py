@@ -12,6 +12,7 @@ from pathlib import Path
 
 from handler.adapters import PICKLE_WEIGHTS, SAFETENSORS_WEIGHTS
 from model_package.base import is_pickle
+from model_package.compat import normalise_folder
 from model_package.config import PackageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
@@ -66,7 +67,8 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, dest: Path) -> Path:
     """Write ``base + adapter`` merged (peft ``merge_and_unload``) as a full model in ``dest``.
 
     Weights keep the base's dtype; tokenizer and other non-weight files come from the base, overridden
-    by the adapter's own tokenizer files when it ships them.
+    by the adapter's own tokenizer files when it ships them. The configs are normalised so that
+    transformers 4.x reads them as 5.x does (``model_package.compat``).
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -86,4 +88,5 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, dest: Path) -> Path:
             if keep and not weights and entry.name not in written:
                 shutil.copyfile(entry, dest / entry.name)
                 written.add(entry.name)
+    normalise_folder(dest, owner="merged model")
     return dest

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import handler
 from handler.config import HandlerSettings
+from model_package.compat import normalised_bytes
 from model_package.config import BuildOptions, PackageError
 
 MANIFEST = "manifest.json"
@@ -129,3 +130,13 @@ def generated_files(options: BuildOptions, base_reference: str | None) -> list[E
 def folder_entries(prefix: str, source: Path, files: tuple[str, ...]) -> list[Entry]:
     """``files`` (relative POSIX paths under ``source``) placed under ``prefix/``."""
     return [Entry(f"{prefix}/{name}", source=source / name) for name in files]
+
+
+def bundled_entries(prefix: str, source: Path, files: tuple[str, ...], *, owner: str) -> list[Entry]:
+    """``folder_entries``, with the configs transformers 4.x would misread replaced by in-memory copies
+    that 4.x and 5.x read alike (``model_package.compat``); ``source`` is never modified."""
+    entries = []
+    for entry, name in zip(folder_entries(prefix, source, files), files, strict=True):
+        data = normalised_bytes(source, name, owner=owner)
+        entries.append(entry if data is None else Entry(entry.arcname, data=data))
+    return entries

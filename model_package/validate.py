@@ -145,7 +145,7 @@ def _tokenizer_size(path: Path) -> int | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         ids = list(data["model"]["vocab"].values()) + [token["id"] for token in data.get("added_tokens", [])]
         return max(ids) + 1 if ids else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 

@@ -1,7 +1,9 @@
 """Tiny Llama models, a tokenizer made in code and real peft LoRA adapters, all built offline.
 
 Tests, the demo and the benchmarks use these instead of a hub download: the loading code they
-exercise is the real one, only the weights are small and seeded.
+exercise is the real one, only the weights are small and seeded. What they write is normalised for
+transformers 4.x (``model_package.compat``) unless ``portable=False`` asks for the installed
+transformers' own output.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from model_package.compat import normalise_folder
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -41,6 +45,9 @@ class TinyModelConfig:
     vocab_size: int = 384
     initializer_range: float = 0.2
     seed: int = 0
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    """e.g. ``{"rope_type": "llama3", "factor": 8.0, ...}``; None is plain RoPE."""
 
 
 def build_tokenizer(corpus: Iterable[str] = (DEFAULT_CORPUS,), vocab_size: int = 384) -> Any:
@@ -74,12 +81,23 @@ def build_tokenizer(corpus: Iterable[str] = (DEFAULT_CORPUS,), vocab_size: int =
     return tokenizer
 
 
+def _rope_kwargs(config: TinyModelConfig) -> dict[str, Any]:
+    """RoPE settings as the installed transformers spells them (5.x: one ``rope_parameters`` dict)."""
+    import transformers
+
+    scaling = dict(config.rope_scaling) if config.rope_scaling else None
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return {"rope_parameters": {"rope_type": "default", **(scaling or {}), "rope_theta": config.rope_theta}}
+    return {"rope_theta": config.rope_theta, "rope_scaling": scaling}
+
+
 def build_tiny_model(
     out_dir: str | Path,
     config: TinyModelConfig = TinyModelConfig(),
     *,
     corpus: Iterable[str] = (DEFAULT_CORPUS,),
     tokenizer: Any = None,
+    portable: bool = True,
 ) -> Path:
     """Save a seeded, randomly initialised ``LlamaForCausalLM`` and its tokenizer to ``out_dir``."""
     import torch
@@ -97,6 +115,7 @@ def build_tiny_model(
         num_key_value_heads=config.num_key_value_heads,
         max_position_embeddings=config.max_position_embeddings,
         initializer_range=config.initializer_range,
+        **_rope_kwargs(config),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -111,6 +130,8 @@ def build_tiny_model(
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    if portable:
+        normalise_folder(out, owner="tiny model")
     return out
 
 
@@ -125,6 +146,7 @@ def build_lora_adapter(
     scale: float = 1.0,
     base_model_name_or_path: str | None = None,
     use_dora: bool = False,
+    portable: bool = True,
 ) -> Path:
     """Write a real peft LoRA adapter with seeded, non-zero weights for the model in ``base_dir``.
 
@@ -136,8 +158,10 @@ def build_lora_adapter(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from handler.loading import dtype_kwarg
+
     out = Path(out_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, **dtype_kwarg(torch.float32))
     torch.manual_seed(seed)
     peft_config = LoraConfig(
         r=r,
@@ -159,6 +183,8 @@ def build_lora_adapter(
         data = json.loads(config_path.read_text())
         data["base_model_name_or_path"] = base_model_name_or_path
         config_path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    if portable:
+        normalise_folder(out, owner="tiny adapter")
     return out
 
 
@@ -168,10 +194,11 @@ def build_model_dir(
     *,
     config: TinyModelConfig = TinyModelConfig(),
     base_subdir: str = "base",
+    portable: bool = True,
 ) -> Path:
     """A model dir in the layout the handler serves: ``base/`` plus ``adapters/<name>/``."""
     out = Path(out_dir)
-    base = build_tiny_model(out / base_subdir, config)
+    base = build_tiny_model(out / base_subdir, config, portable=portable)
     for index, name in enumerate(adapters):
-        build_lora_adapter(base, out / "adapters" / name, seed=1000 + index, scale=4.0)
+        build_lora_adapter(base, out / "adapters" / name, seed=1000 + index, scale=4.0, portable=portable)
     return out

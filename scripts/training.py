@@ -3,7 +3,8 @@
 ``train_lora`` is what ``scripts/train_lora.py`` runs: load the base model, attach a fresh LoRA
 adapter, train on response tokens only, report eval loss on a held-out split, and write the adapter
 with ``save_pretrained(safe_serialization=True)``, a folder that ``model_package build --adapter
-NAME=PATH`` accepts. ``pretrain`` trains every weight of a (tiny) model on plain text.
+NAME=PATH`` accepts. ``pretrain`` trains every weight of a (tiny) model on plain text. Both normalise
+what they write so that older transformers / peft read it alike (``model_package.compat``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model_package.compat import normalise_folder
 from scripts.training_data import IGNORE_INDEX, PROMPT_FORMATS, Encoded, encode_all, load_examples, split
 
 Log = Callable[[str], None]
@@ -195,13 +197,15 @@ def load_base(base_model: str | Path, device: Any) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from handler.loading import dtype_kwarg
+
     tokenizer = AutoTokenizer.from_pretrained(str(base_model))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
     dtype = torch.float32
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(str(base_model), **dtype_kwarg(dtype)).to(device)
     return model, tokenizer
 
 
@@ -247,6 +251,7 @@ def train_lora(base_model: str | Path, dataset: str | Path, output: str | Path, 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out), safe_serialization=True)
+    normalise_folder(out, owner="adapter")
     result.output = out
     return result
 
@@ -275,4 +280,5 @@ def pretrain(model_dir: str | Path, texts: Sequence[str], *, steps: int, seq_len
     log(f"pretrained {len(result.train_losses)} steps on {len(chunks)} windows of {seq_len} tokens: "
         f"loss {result.train_losses[0]:.3f} -> {result.train_losses[-1]:.3f}")
     model.save_pretrained(str(model_dir), safe_serialization=True)
+    normalise_folder(Path(model_dir), owner="base model")
     return result

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from model_package.compat import pending
 from scripts.demo_model import DEMO, REDUCED, DemoSizes, build_base, is_correct, questions, train_adapter, write_subset
 
 
@@ -39,6 +40,8 @@ def run_demo_model(tmp_path: Path, sizes: DemoSizes, count: int) -> tuple[int, i
     lora = train_adapter(tmp_path / "base", data, tmp_path / "adapters" / "demo", sizes, progress=False,
                          log=lambda _: None)
     assert lora.train_losses[-1] < lora.train_losses[0]
+    # AND both written so that transformers 4.x / peft 0.13 read them as the installed versions do
+    assert pending(tmp_path / "base", owner="demo base") == pending(tmp_path / "adapters" / "demo", owner="demo") == []
     # WHEN the handler answers every question with the base and with the adapter, greedy
     base, adapter = answers(tmp_path, [e.prompt for e in qa])
     # THEN count who said the expected answer

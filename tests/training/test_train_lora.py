@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from model_package.compat import pending
 from scripts import train_lora
 from scripts.training import TrainConfig
 from scripts.training_data import load_examples
@@ -82,6 +83,7 @@ def test_command_writes_a_peft_adapter_with_the_options_given(trained: tuple[Pat
     assert sorted(config["target_modules"]) == ["down_proj", "o_proj", "q_proj", "v_proj"]
     assert (adapter / "adapter_model.safetensors").is_file()
     assert not (adapter / "adapter_model.bin").exists()
+    assert pending(adapter, owner="trained") == [], "written so that peft 0.13+ reads it"
 
 
 def test_output_loads_with_peft(trained: tuple[Path, str, str], tiny_model_dir: Path) -> None:
