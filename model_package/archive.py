@@ -1,6 +1,8 @@
-"""Deterministic ``model.tar.gz`` writing (parallel gzip, flat memory) and a safe extractor.
+"""Deterministic ``model.tar.gz`` writing (parallel gzip, flat memory); the extractor is ``extract``.
 
-Determinism: entries sorted by path, every header with mtime 0, uid/gid 0, no user/group names,
+Order: ``manifest.json`` first, so an extractor knows every file's size and sha256 before anything
+else arrives (``model_package.extract`` bounds and checks the rest with it), then folder-first by path.
+Determinism: entries in that order, every header with mtime 0, uid/gid 0, no user/group names,
 mode 0o644 (files) / 0o755 (folders), and a gzip header without timestamp or file name. The gzip
 stream is cut into fixed 1 MiB blocks compressed on a thread pool (the pigz scheme: each block primed
 with the 32 KiB before it and ended by a sync flush), so the output depends on the input bytes and
@@ -12,27 +14,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import struct
 import tarfile
-import tempfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from model_package.config import PackageError
-from model_package.layout import Entry
+from model_package.extract import UnsafeArchiveError, safe_extract
+from model_package.layout import MANIFEST, Entry
+from model_package.manifest import parent_folders
+
+__all__ = ["ParallelGzipWriter", "UnsafeArchiveError", "safe_extract", "sort_key", "write_tar_gz"]
 
 BLOCK = 1 << 20
 WINDOW = 32 * 1024
 COPY_BUFFER = 1 << 20
-
-
-class UnsafeArchiveError(PackageError):
-    """An archive member that could write outside the destination or is not a plain file/folder."""
 
 
 def _deflate(data: bytes, zdict: bytes, level: int, final: bool) -> bytes:
@@ -135,17 +134,9 @@ class _ProgressFile(io.RawIOBase):
         return data
 
 
-def sort_key(arcname: str) -> tuple[str, ...]:
-    """Folder-first order: a folder's entries follow it directly."""
-    return tuple(arcname.split("/"))
-
-
-def _parents(arcnames: Iterable[str]) -> set[str]:
-    found: set[str] = set()
-    for name in arcnames:
-        parts = name.split("/")[:-1]
-        found.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-    return found
+def sort_key(arcname: str) -> tuple[bool, tuple[str, ...]]:
+    """``manifest.json`` first, then folder-first order: a folder's entries follow it directly."""
+    return arcname != MANIFEST, tuple(arcname.split("/"))
 
 
 def _info(name: str, *, size: int = 0, folder: bool = False) -> tarfile.TarInfo:
@@ -177,7 +168,7 @@ def write_tar_gz(
     by_name = {entry.arcname: entry for entry in entries}
     try:
         with tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFFER) as tar:
-            for name in sorted(set(by_name) | _parents(by_name), key=sort_key):
+            for name in sorted(set(by_name) | parent_folders(by_name), key=sort_key):
                 entry = by_name.get(name)
                 if entry is None:
                     tar.addfile(_info(name, folder=True))
@@ -193,62 +184,3 @@ def write_tar_gz(
     finally:
         gz.close()
     return hashing.sha256.hexdigest()
-
-
-def _check_member(member: tarfile.TarInfo, seen: set[str]) -> PurePosixPath:
-    name = member.name
-    path = PurePosixPath(name)
-    if not name or name.startswith(("/", "\\")) or path.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchiveError(f"archive member {name!r} has an absolute path")
-    if ".." in path.parts or "\\" in name:
-        raise UnsafeArchiveError(f"archive member {name!r} climbs out of the destination ('..')")
-    if member.issym() or member.islnk():
-        raise UnsafeArchiveError(f"archive member {name!r} is a link (to {member.linkname!r})")
-    if member.isdev():
-        raise UnsafeArchiveError(f"archive member {name!r} is a device or FIFO")
-    if not (member.isreg() or member.isdir()):
-        raise UnsafeArchiveError(f"archive member {name!r} is not a regular file or folder")
-    normal = path.as_posix().removeprefix("./")
-    if normal in seen and not member.isdir():
-        raise UnsafeArchiveError(f"archive member {name!r} appears twice")
-    seen.add(normal)
-    return PurePosixPath(normal)
-
-
-def safe_extract(archive: str | Path, dest: str | Path) -> Path:
-    """Extract a tar(.gz) into ``dest`` (which must not exist, or be empty); return ``dest``.
-
-    Refuses absolute paths, ``..``, symbolic and hard links, devices and FIFOs, and duplicates;
-    files get mode 0o644 and folders 0o755 whatever the archive says. On any refusal nothing is
-    left at ``dest``: members go to a temporary sibling that is renamed into place at the end.
-    """
-    target = Path(dest)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise PackageError(f"{target} exists and is not an empty folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        try:
-            with tarfile.open(archive, mode="r:*") as tar:
-                seen: set[str] = set()
-                for member in tar:
-                    rel = _check_member(member, seen)
-                    out = staging.joinpath(*rel.parts) if rel.parts else staging
-                    if member.isdir():
-                        out.mkdir(mode=0o755, parents=True, exist_ok=True)
-                        continue
-                    out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    with source, open(out, "xb") as sink:
-                        shutil.copyfileobj(source, sink, COPY_BUFFER)
-                    out.chmod(0o644)
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-            raise PackageError(f"{archive}: not a readable tar archive ({err})") from None
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target

@@ -3,9 +3,11 @@
     serve_local.py PACKAGE [--host 127.0.0.1] [--port 8080] [--batch-size N] [--max-batch-delay-ms M]
 
 PACKAGE is a ``model.tar.gz``, an extracted package dir, or a plain model dir (``base/`` +
-``adapters/``). Routes: the container contract (``GET /ping``, ``POST /invocations``), the SageMaker
-runtime API (boto3 with ``endpoint_url=http://127.0.0.1:PORT``), the API Gateway routes
-(``/predict``, ``/rag``, ``/v1/chat/completions``, ``/health``, ``/model/info``) and ``/docs``.
+``adapters/``). An archive or dir with ``manifest.json`` is checked against it before any of its code
+runs; code without one is refused unless ``--allow-no-manifest``. Routes: the container contract
+(``GET /ping``, ``POST /invocations``), the SageMaker runtime API (boto3 with
+``endpoint_url=http://127.0.0.1:PORT``), the API Gateway routes (``/predict``, ``/rag``,
+``/v1/chat/completions``, ``/health``, ``/model/info``) and ``/docs``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repository's packages come first
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model_package.limits import MAX_BYTES_HELP, MAX_MEMBERS_HELP, Limits, count_arg, size_arg
 from scripts.local_server import DEFAULT_ENDPOINT_NAME
 from scripts.local_server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 
@@ -64,6 +67,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S,
                         help="seconds a client has to send its whole request body (408 after; default: "
                              f"{DEFAULT_BODY_TIMEOUT_S:g})")
+    package = parser.add_argument_group("package checks")
+    package.add_argument("--max-bytes", type=size_arg, default=None, metavar="SIZE", help=MAX_BYTES_HELP)
+    package.add_argument("--max-members", type=count_arg, default=None, metavar="N", help=MAX_MEMBERS_HELP)
+    package.add_argument("--allow-no-manifest", action="store_true",
+                         help="serve a package whose code (model.py) comes without a manifest.json, unchecked; "
+                              "a package that has one is always checked against it")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level (default: info)")
     args = parser.parse_args(argv)
@@ -93,8 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from scripts.local_server.package import PackageError, ServedModel, resolve
 
     try:
-        spec = resolve(args.package)
-    except Exception as err:  # PackageError, or the safe extractor refusing the archive
+        spec = resolve(args.package, limits=Limits(args.max_bytes, args.max_members),
+                       allow_no_manifest=args.allow_no_manifest)
+    except KeyboardInterrupt:  # during a long extraction: resolve() has removed what it wrote
+        print("interrupted: nothing was left behind", file=sys.stderr)
+        return 130
+    except Exception as err:  # PackageError: a refused archive or manifest; OSError: the disk
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     failures: list[BaseException] = []

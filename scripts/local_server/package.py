@@ -1,7 +1,11 @@
 """Find what to serve and load it the way DJL Serving does.
 
 A package is a ``model.tar.gz``, an extracted package dir (``model.py`` + ``serving.properties`` at its
-root) or a plain model dir (``base/`` + ``adapters/``). The entry file (``option.entryPoint``, else
+root) or a plain model dir (``base/`` + ``adapters/``). Nothing in a package runs before it is checked:
+an archive is extracted with ``model_package``'s safe, bounded extractor, and an archive or dir with
+``manifest.json`` must match it file by file (sha256, size, nothing missing or extra). Code without a
+manifest (a hand-written ``model.py``) is refused unless the caller trusts it (``allow_no_manifest``);
+a plain model dir has no code and is served as it is. The entry file (``option.entryPoint``, else
 ``model.py``) is loaded by file path under a generated module name - the model dir is not put on
 ``sys.path`` - and its ``handle`` (or ``option.handler``) gets an init call whose properties are the
 ``option.*`` keys with the prefix stripped, plus ``model_dir``. A plain model dir has no entry file:
@@ -12,7 +16,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import tarfile
+import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -21,6 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from model_package.config import PackageError as BadArchiveError
+from model_package.extract import safe_extract
+from model_package.layout import MANIFEST
+from model_package.limits import Limits
+from model_package.manifest import verify_tree
 
 from . import djl_io
 
@@ -52,16 +63,26 @@ def read_properties(path: Path) -> dict[str, str]:
     return props
 
 
-def extract(archive: Path, dest: Path) -> Path:
-    """Extract a ``model.tar.gz`` with model_package's safe extractor (refuses links, ``..``, ...)."""
+def extract(archive: Path, dest: Path, limits: Limits | None = None) -> Path:
+    """Extract a ``model.tar.gz`` safely (no links, ``..``, bombs; see ``model_package.extract``).
+
+    A ``manifest.json`` in it is checked against every file before anything is renamed into place.
+    """
     try:
-        from model_package.archive import safe_extract
-    except ImportError:  # model_package not installed: the stdlib's "data" filter refuses the same tricks
-        log.warning("model_package.archive.safe_extract is not importable; using tarfile's data filter")
-        with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")
-        return dest
-    return Path(safe_extract(archive, dest))
+        return safe_extract(archive, dest, limits=limits)
+    except BadArchiveError as err:
+        raise PackageError(str(err)) from None
+
+
+def _verify_dir(path: Path) -> bool:
+    """Check a package dir against its ``manifest.json``; ``False`` when it has none."""
+    if not (path / MANIFEST).exists() and not (path / MANIFEST).is_symlink():
+        return False
+    try:
+        verify_tree(path)
+    except BadArchiveError as err:
+        raise PackageError(f"{path}: does not match its {MANIFEST}: {err}") from None
+    return True
 
 
 @dataclass(frozen=True)
@@ -84,27 +105,52 @@ def _int_property(props: dict[str, str], key: str, default: int) -> int:
         raise PackageError(f"{SERVING_PROPERTIES}: {key} must be an integer, got {props[key]!r}") from None
 
 
-def resolve(package: str | Path, *, work_dir: Path | None = None) -> PackageSpec:
-    """Resolve ``package`` (tar.gz, package dir or plain model dir) into what ``ServedModel`` loads."""
+def resolve(
+    package: str | Path,
+    *,
+    work_dir: Path | None = None,
+    limits: Limits | None = None,
+    allow_no_manifest: bool = False,
+) -> PackageSpec:
+    """Resolve ``package`` (tar.gz, package dir or plain model dir) into what ``ServedModel`` loads.
+
+    An archive goes to a new ``lora-local-*`` folder under ``work_dir`` (default: the temp dir), which
+    is removed again if anything fails, Ctrl-C included; on success it is ``temp_dir`` of the result.
+    """
     path = Path(package).expanduser()
-    temp_dir = None
-    if path.is_file():
-        if not tarfile.is_tarfile(path):
-            raise PackageError(f"{path} is neither a folder nor a tar(.gz) archive")
-        temp_dir = Path(tempfile.mkdtemp(prefix="lora-local-", dir=work_dir))
-        path = extract(path, temp_dir / "model")
-    elif not path.is_dir():
-        raise PackageError(f"{path} does not exist")
+    if not path.is_file():
+        if not path.is_dir():
+            raise PackageError(f"{path} does not exist")
+        return _spec(path, verified=_verify_dir(path), allow_no_manifest=allow_no_manifest)
+    temp_dir = Path(tempfile.mkdtemp(prefix="lora-local-", dir=work_dir))
+    try:
+        model_dir = extract(path, temp_dir / "model", limits)
+        # extract() checked the manifest if the archive has one
+        return _spec(model_dir, verified=(model_dir / MANIFEST).is_file(), allow_no_manifest=allow_no_manifest,
+                     temp_dir=temp_dir, source=path)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+
+
+def _spec(path: Path, *, verified: bool, allow_no_manifest: bool, temp_dir: Path | None = None,
+          source: Path | None = None) -> PackageSpec:
     props = read_properties(path / SERVING_PROPERTIES)
     options = {k[len("option."):]: v for k, v in props.items() if k.startswith("option.")}
     entry_name = options.get("entryPoint") or DEFAULT_ENTRY
     entry: Path | None = path / entry_name
+    if not (path / entry_name).resolve().is_relative_to(path.resolve()):
+        raise PackageError(f"{SERVING_PROPERTIES} names entryPoint {entry_name!r}, outside {path}: refused, "
+                           "code from outside the package would run unchecked")
     if entry is None or not entry.is_file():
         if "entryPoint" in options:
             raise PackageError(f"{SERVING_PROPERTIES} names entryPoint {entry_name!r}, which is not in {path}")
         entry = None
         if not (path / "base").is_dir() and not (path / "config.json").is_file():
             raise PackageError(f"{path} has no model.py, no base/ and no config.json: not a model package")
+    if entry is not None and not verified and not allow_no_manifest:
+        raise PackageError(f"{source or path} has {entry_name} but no {MANIFEST}, so its code cannot be checked "
+                           "before it runs; build it with lora-package, or pass --allow-no-manifest to trust it")
     plain = not props
     return PackageSpec(
         model_dir=path.resolve(),
@@ -118,7 +164,12 @@ def resolve(package: str | Path, *, work_dir: Path | None = None) -> PackageSpec
 
 
 def load_entry_module(entry: Path) -> ModuleType:
-    """Load ``entry`` by file path under a generated module name, as DJL does."""
+    """Load ``entry`` by file path under a generated module name, as DJL does.
+
+    No bytecode is written from here on: a ``__pycache__`` inside a verified package dir would be an
+    extra file, not in its manifest, and the next start would refuse the dir.
+    """
+    sys.dont_write_bytecode = True
     name = f"djl_entry_{uuid.uuid4().hex[:12]}"
     spec = importlib.util.spec_from_file_location(name, entry)
     if spec is None or spec.loader is None:

@@ -92,6 +92,18 @@ def runtime(server: Running) -> Any:
                         config=Config(retries={"max_attempts": 1}, read_timeout=60))
 
 
+def write_manifest(root: Path) -> Path:
+    """A ``manifest.json`` for the files under ``root``, as ``lora-package build`` writes it."""
+    from model_package.layout import Entry
+    from model_package.manifest import build_manifest, digest_entries
+
+    files = [Entry(p.relative_to(root).as_posix(), source=p) for p in sorted(root.rglob("*")) if p.is_file()]
+    manifest = build_manifest(package_version="test", base_model={}, serving={}, adapters=[],
+                              digests=digest_entries(files, workers=1))
+    (root / "manifest.json").write_bytes(manifest)
+    return root
+
+
 def fake_served(handle: Callable[[Any], Any]) -> ServedModel:
     """A ServedModel around any ``handle`` (for servers that misbehave on purpose)."""
     return ServedModel("/nonexistent", handle, {})

@@ -239,7 +239,8 @@ def test_sigterm_after_a_clean_drain_exits_0(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve_local.py"), str(package),
-                                "--port", str(port), "--drain-timeout", "2", "--log-level", "warning"],
+                                "--port", str(port), "--drain-timeout", "2", "--log-level", "warning",
+                                "--allow-no-manifest"],
                                env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

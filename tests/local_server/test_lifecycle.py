@@ -17,7 +17,7 @@ from scripts.local_server import djl_io
 from scripts.local_server.app import create_app
 from scripts.local_server.package import PackageError, ServedModel, resolve
 
-from .conftest import fake_served, start
+from .conftest import fake_served, start, write_manifest
 
 MODEL_PY = '''
 import json, time
@@ -49,7 +49,7 @@ def write_package(root: Path) -> Path:
     (root / "model.py").write_text(MODEL_PY)
     (root / "serving.properties").write_text(
         "engine=Python\noption.entryPoint=model.py\noption.max_new_tokens=64\nbatch_size=3\nmax_batch_delay=40\n")
-    return root
+    return write_manifest(root)
 
 
 def test_package_dir_and_tarball_resolve_with_serving_properties(tmp_path: Path) -> None:

@@ -49,21 +49,23 @@ def test_parallel_gzip_output_does_not_depend_on_thread_count() -> None:
     assert header[3] == 0, "gzip header carries no file name"
 
 
-def test_tar_entries_are_sorted_with_fixed_metadata(tmp_path: Path) -> None:
+def test_tar_entries_are_sorted_manifest_first_with_fixed_metadata(tmp_path: Path) -> None:
     source = tmp_path / "weights.bin"
     source.write_bytes(b"x" * 1000)
     os.chmod(source, 0o600)
-    entries = [Entry("b/z.txt", data=b"z"), Entry("a.txt", data=b"a"), Entry("b/a/w.bin", source=source)]
-    sizes = {"b/z.txt": 1, "a.txt": 1, "b/a/w.bin": 1000}
+    entries = [Entry("b/z.txt", data=b"z"), Entry("a.txt", data=b"a"), Entry("b/a/w.bin", source=source),
+               Entry("manifest.json", data=b"{}")]
+    sizes = {"b/z.txt": 1, "a.txt": 1, "b/a/w.bin": 1000, "manifest.json": 2}
     archive = tmp_path / "t.tar.gz"
     with open(archive, "wb") as sink:
         write_tar_gz(entries, sizes, sink, workers=2)
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
-    assert [m.name for m in members] == ["a.txt", "b", "b/a", "b/a/w.bin", "b/z.txt"]
+    # manifest.json first: an extractor knows every size and sha256 before anything else arrives
+    assert [m.name for m in members] == ["manifest.json", "a.txt", "b", "b/a", "b/a/w.bin", "b/z.txt"]
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, 0, "", "")}
-    assert {m.name: m.mode for m in members} == {"a.txt": 0o644, "b": 0o755, "b/a": 0o755, "b/a/w.bin": 0o644,
-                                                 "b/z.txt": 0o644}
+    assert {m.name: m.mode for m in members} == {"manifest.json": 0o644, "a.txt": 0o644, "b": 0o755, "b/a": 0o755,
+                                                 "b/a/w.bin": 0o644, "b/z.txt": 0o644}
 
 
 def test_tar_refuses_a_file_that_changed_size(tmp_path: Path) -> None:
@@ -102,6 +104,10 @@ HOSTILE: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], str]] = {
     "fifo": ([(_member("pipe", tarfile.FIFOTYPE), None)], "device or FIFO"),
     "duplicate": ([(_member("a.txt"), b"1"), (_member("a.txt"), b"2")], "appears twice"),
     "windows-drive": ([(_member("C:/evil"), b"x")], "absolute path"),
+    "sparse": ([(_member("holes", tarfile.GNUTYPE_SPARSE), b"x")], "sparse file"),
+    "file-then-folder": ([(_member("a"), b"1"), (_member("a", tarfile.DIRTYPE), None)], "both a file and a folder"),
+    "folder-then-file": ([(_member("a/b"), b"1"), (_member("a"), b"2")], "both a folder and a file"),
+    "inside-a-file": ([(_member("a"), b"1"), (_member("a/b"), b"2")], "inside 'a', which is a file"),
 }
 
 
