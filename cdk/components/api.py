@@ -16,6 +16,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from cdk.components import api_headers as headers
 from cdk.components import api_mapping as mapping
 from cdk.settings import ApiSettings
 
@@ -31,12 +32,17 @@ class Route:
     model: str | None
     request_template: str
 
+    @property
+    def forwards_headers(self) -> bool:
+        """Whether the caller's Content-Type, Accept, custom attributes and adapter header reach the model."""
+        return self.method == "POST"
+
 
 ROUTES = (
-    Route("predict", "POST", "Generate", mapping.PASSTHROUGH_REQUEST_TEMPLATE),
-    Route("rag", "POST", "Rag", mapping.PASSTHROUGH_REQUEST_TEMPLATE),
-    Route("v1/chat/completions", "POST", "ChatCompletion", mapping.PASSTHROUGH_REQUEST_TEMPLATE),
-    Route("invocations", "POST", "Invocation", mapping.PASSTHROUGH_REQUEST_TEMPLATE),
+    Route("predict", "POST", "Generate", headers.INVOKE_REQUEST_TEMPLATE),
+    Route("rag", "POST", "Rag", headers.INVOKE_REQUEST_TEMPLATE),
+    Route("v1/chat/completions", "POST", "ChatCompletion", headers.INVOKE_REQUEST_TEMPLATE),
+    Route("invocations", "POST", "Invocation", headers.INVOKE_REQUEST_TEMPLATE),
     Route("model/info", "GET", None, mapping.INFO_REQUEST_TEMPLATE),
 )
 
@@ -146,7 +152,10 @@ class InferenceApi(Construct):
                 service="runtime.sagemaker",
                 path=f"endpoints/{endpoint_name}/invocations",
                 integration_http_method="POST",
-                options=self._options(settings, {JSON: route.request_template}, _invoke_responses()),
+                options=self._options(
+                    settings, {JSON: route.request_template}, _invoke_responses(),
+                    headers.integration_request_parameters() if route.forwards_headers else _static_json_headers(),
+                ),
             )
             models = {JSON: self.api.add_model(
                 f"{route.model}Model", content_type=JSON, model_name=route.model,
@@ -156,6 +165,7 @@ class InferenceApi(Construct):
                 route.method,
                 integration,
                 request_models=models,
+                request_parameters=headers.method_request_parameters() if route.forwards_headers else None,
                 request_validator=self.body_validator if models else self.params_validator,
                 method_responses=method_responses,
             )
@@ -171,8 +181,9 @@ class InferenceApi(Construct):
                     apigw.IntegrationResponse(selection_pattern="[45]\\d{2}", status_code="503",
                                               response_templates={JSON: mapping.HEALTH_UNKNOWN}),
                 ],
-                extra_headers={"X-Amz-Target": "'SageMaker.DescribeEndpoint'",
-                               "Content-Type": "'application/x-amz-json-1.1'"},
+                {**_static_json_headers(),
+                 "integration.request.header.X-Amz-Target": "'SageMaker.DescribeEndpoint'",
+                 "integration.request.header.Content-Type": "'application/x-amz-json-1.1'"},
             ),
         )
         self.methods["GET /health"] = self.api.root.add_resource("health").add_method(
@@ -203,13 +214,12 @@ class InferenceApi(Construct):
         settings: ApiSettings,
         request_templates: dict[str, str],
         responses: list[apigw.IntegrationResponse],
-        extra_headers: dict[str, str] | None = None,
+        request_parameters: dict[str, str],
     ) -> apigw.IntegrationOptions:
-        headers = {"Content-Type": f"'{JSON}'", "Accept": f"'{JSON}'", **(extra_headers or {})}
         return apigw.IntegrationOptions(
             credentials_role=self.role,
             passthrough_behavior=apigw.PassthroughBehavior.NEVER,
-            request_parameters={f"integration.request.header.{k}": v for k, v in headers.items()},
+            request_parameters=request_parameters,
             request_templates=request_templates,
             integration_responses=responses,
             timeout=Duration.seconds(settings.timeout_s),
@@ -247,6 +257,11 @@ class InferenceApi(Construct):
                     "would break.",
                 )
             )
+
+
+def _static_json_headers() -> dict[str, str]:
+    """For routes whose body the gateway writes itself (model info, health): JSON both ways."""
+    return {f"integration.request.header.{name}": f"'{JSON}'" for name in (headers.CONTENT_TYPE, headers.ACCEPT)}
 
 
 def _invoke_responses() -> list[apigw.IntegrationResponse]:

@@ -171,3 +171,30 @@ def test_integration_timeout_is_configurable() -> None:
     template = synth({"api_timeout_s": 60, "handler": {"time_budget_s": 50}})
     for method in _methods(template).values():
         assert method["Integration"]["TimeoutInMillis"] == 60000
+
+
+FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+ADAPTER = "X-Amzn-SageMaker-Adapter-Identifier"
+
+
+@pytest.mark.parametrize("route", ["predict", "rag", "completions", "invocations"])
+def test_invoke_routes_forward_the_callers_headers(default_template: Template, route: str) -> None:
+    method = _methods(default_template)[("POST", route)]
+    # GIVEN the method declares the caller's headers (optional) ...
+    declared = {f"method.request.header.{h}": False for h in (*FORWARDED, ADAPTER)}
+    assert method["RequestParameters"] == declared
+    # ... THEN the runtime gets them under its own header names, not fixed values
+    params = method["Integration"]["RequestParameters"]
+    assert params == {f"integration.request.header.{h}": f"method.request.header.{h}" for h in FORWARDED}
+    # AND the adapter header travels as a custom attribute (InvokeEndpoint has no adapter header)
+    template = method["Integration"]["RequestTemplates"]["application/json"]
+    assert f"$!input.params('{ADAPTER}')" in template
+    assert (f"#set($context.requestOverride.header.X-Amzn-SageMaker-Custom-Attributes = "
+            f"\"${{custom}}{ADAPTER}=$adapter\")") in template
+    assert template.endswith("$input.body")
+
+
+def test_gateway_written_bodies_keep_fixed_json_headers(default_template: Template) -> None:
+    params = _methods(default_template)[("GET", "info")]["Integration"]["RequestParameters"]
+    assert params == {"integration.request.header.Content-Type": "'application/json'",
+                      "integration.request.header.Accept": "'application/json'"}
