@@ -13,11 +13,11 @@ from typing import Any
 from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Validations
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.components import api_headers as headers
 from cdk.components import api_mapping as mapping
+from cdk.components.log_group import EncryptedLogGroup
 from cdk.settings import ApiSettings
 
 JSON = "application/json"
@@ -81,18 +81,15 @@ class InferenceApi(Construct):
         endpoint_name: str,
         endpoint_arn: str,
         log_retention_days: int,
+        removal_policy: RemovalPolicy,
     ) -> None:
         super().__init__(scope, construct_id)
         iam_auth = settings.auth == "iam"
-        self.access_logs = logs.LogGroup(
-            self,
-            "AccessLogs",
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-        # Settings validated the value against CloudWatch's allowed retentions.
-        self.access_logs.node.default_child.add_property_override(  # type: ignore[union-attr]
-            "RetentionInDays", log_retention_days
-        )
+        # Access logs name callers and their IPs: encrypted, and kept with the stack's data under retain.
+        self.access_logs = EncryptedLogGroup(
+            self, "AccessLogs", log_group_name=f"/lora-endpoint/{endpoint_name}/api-access",
+            retention_days=log_retention_days, removal_policy=removal_policy,
+        ).log_group
         self.api = apigw.RestApi(
             self,
             "Api",

@@ -82,7 +82,8 @@ def test_every_alarm_notifies_the_topic(default_template: Template) -> None:
 def test_topic_is_encrypted_and_tls_only(default_template: Template) -> None:
     topic = only(default_template, "AWS::SNS::Topic")
     assert topic["KmsMasterKeyId"]["Fn::GetAtt"][0].startswith("AlertsKey")
-    assert only(default_template, "AWS::KMS::Key")["EnableKeyRotation"] is True
+    keys = resources(default_template, "AWS::KMS::Key")
+    assert keys[topic["KmsMasterKeyId"]["Fn::GetAtt"][0]]["Properties"]["EnableKeyRotation"] is True
     statements = only(default_template, "AWS::SNS::TopicPolicy")["PolicyDocument"]["Statement"]
     assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
                for s in statements)
