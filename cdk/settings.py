@@ -244,6 +244,12 @@ class DeploymentSettings:
                  f"must be one of CloudWatch's retentions {LOG_RETENTION_DAYS}, got {self.log_retention_days}")
         _in_range("noncurrent_version_days", self.noncurrent_version_days, 1, 3650)
         _require(
+            self.endpoint.data_capture_percent == 0 or self.kms_key_arn != "",
+            "data_capture_percent",
+            "data capture stores callers' prompts and responses (customer data) in S3: set kms_key_arn to the "
+            "customer KMS key that encrypts them and decides who may read them",
+        )
+        _require(
             self.scaling.min_capacity <= self.endpoint.instance_count <= self.scaling.max_capacity,
             "instance_count",
             f"must lie within min_capacity..max_capacity ({self.scaling.min_capacity}.."

@@ -9,6 +9,8 @@ from aws_cdk.assertions import Template
 from handler import config as handler_config
 from tests.cdk.conftest import only, resources, synth
 
+KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
 
 def _execution_statements(template: Template) -> dict[str, dict]:
     policies = [p["Properties"] for p in resources(template, "AWS::IAM::Policy").values()
@@ -38,7 +40,7 @@ def test_role_has_no_managed_policies_and_only_scoped_resources(default_template
 
 def test_s3_base_model_and_data_capture_grants() -> None:
     template = synth({"base_model": "s3://bases/llama-3-8b/", "data_capture_percent": 20,
-                      "model_data": "s3://models/run-1/model.tar.gz"})
+                      "model_data": "s3://models/run-1/model.tar.gz", "kms_key_arn": KEY_ARN})
     statements = _execution_statements(template)
     assert statements["ReadModelData"]["Resource"] == "arn:aws:s3:::models/run-1/model.tar.gz"
     assert statements["ReadBaseModel"]["Resource"] == "arn:aws:s3:::bases/llama-3-8b/*"
@@ -99,3 +101,9 @@ def test_blue_green_rolls_back_on_alarms(default_template: Template) -> None:
     alarms = resources(default_template, "AWS::CloudWatch::Alarm")
     assert len(alarm_refs) == 2 and all(ref in alarms for ref in alarm_refs)
     assert {ref.split("Alarms")[1][:8] for ref in alarm_refs} == {"Error5Xx", "ModelLat"}
+
+
+def test_data_capture_is_encrypted_with_the_customer_key() -> None:
+    template = synth({"data_capture_percent": 5, "kms_key_arn": KEY_ARN})
+    assert only(template, "AWS::SageMaker::EndpointConfig")["DataCaptureConfig"]["KmsKeyId"] == KEY_ARN
+    assert {"kms:Encrypt", "kms:GenerateDataKey"} <= set(_execution_statements(template)["UseCustomerKey"]["Action"])

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
         ({"handler": {"time_budget_s": 40}}, "handler", "below api_timeout_s"),
         ({"instance_count": "two"}, "instance_count", "must be an integer"),
         ({"vpc_subnet_ids": "subnet-0123456789abcdef1"}, "vpc_security_group_ids", "together"),
+        ({"data_capture_percent": 10}, "data_capture_percent", "(customer data) in S3: set kms_key_arn"),
         ({"log_retention_days": 10}, "log_retention_days", "retentions"),
         ({"base_model": "s3://bucket"}, "base_model", "key prefix"),
     ],
