@@ -5,7 +5,7 @@ PY := .venv/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= handler,tools,cdk,dev
 
-.PHONY: all venv test test-all lint typecheck demo synth bench clean
+.PHONY: all venv test test-all lint typecheck demo synth checkov bench clean
 
 all: lint test
 
@@ -46,3 +46,11 @@ clean:
 # Context keys: see README "Deploy to AWS"; pass them with `npx cdk synth -c key=value`.
 synth: venv
 	CDK_OUTDIR=cdk.out $(PY) -m cdk.app
+
+# checkov on the synthesized template, from a venv of its own (checkov is not a project dependency).
+CHECKOV_VENV ?= build/checkov-venv
+checkov: synth
+	test -x $(CHECKOV_VENV)/bin/checkov || (python3 -m venv $(CHECKOV_VENV) && \
+		$(CHECKOV_VENV)/bin/pip install -q "checkov==3.3.30")
+	$(CHECKOV_VENV)/bin/checkov -f cdk.out/LoraEndpoint.template.json --framework cloudformation \
+		--compact --quiet --skip-download

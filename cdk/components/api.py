@@ -18,6 +18,7 @@ from constructs import Construct
 from cdk.components import api_headers as headers
 from cdk.components import api_mapping as mapping
 from cdk.components.log_group import EncryptedLogGroup
+from cdk.components.nag import skip_checkov
 from cdk.settings import ApiSettings
 
 JSON = "application/json"
@@ -118,6 +119,11 @@ class InferenceApi(Construct):
             ),
         )
         self._acknowledge(iam_auth)
+        skip_checkov(
+            self.api.deployment_stage, "CKV_AWS_120",
+            "No response cache: generations are sampled and per caller, the invoke routes are POSTs (cached "
+            "only by GET), and a cache cluster bills by the hour.",
+        )
         self.role = iam.Role(
             self,
             "IntegrationRole",

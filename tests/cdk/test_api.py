@@ -227,3 +227,9 @@ def test_access_logs_follow_the_removal_policy(removal: str, policy: str) -> Non
     assert group["Properties"]["RetentionInDays"] == 30
     # A retained log group stays readable: its key is kept with it.
     assert key["DeletionPolicy"] == policy
+
+
+def test_stage_cache_finding_is_suppressed_with_a_reason(default_template: Template) -> None:
+    (stage,) = resources(default_template, "AWS::ApiGateway::Stage").values()
+    (skip,) = stage["Metadata"]["checkov"]["skip"]
+    assert skip["id"] == "CKV_AWS_120" and "sampled" in skip["comment"]

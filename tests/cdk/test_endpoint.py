@@ -87,8 +87,17 @@ def test_endpoint_config_suits_llms(default_template: Template) -> None:
 def test_vpc_config() -> None:
     subnets, groups = ["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"], ["sg-0123456789abcdef0"]
     template = synth({"vpc_subnet_ids": subnets, "vpc_security_group_ids": groups})
-    assert only(template, "AWS::SageMaker::Model")["VpcConfig"] == {"Subnets": subnets, "SecurityGroupIds": groups}
-    assert "VpcNetworkInterfaces" in _execution_statements(template)
+    model = next(iter(resources(template, "AWS::SageMaker::Model").values()))
+    assert model["Properties"]["VpcConfig"] == {"Subnets": subnets, "SecurityGroupIds": groups}
+    # The network-interface actions sit in a policy of their own, which the model waits for.
+    vpc_policies = {k: p for k, p in resources(template, "AWS::IAM::Policy").items()
+                    if k.startswith("EndpointVpcPolicy")}
+    ((logical_id, policy),) = vpc_policies.items()
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Sid"] == "VpcNetworkInterfaces"
+    assert "ec2:CreateNetworkInterface" in statement["Action"]
+    assert logical_id in model["DependsOn"]
+    assert "VpcNetworkInterfaces" not in _execution_statements(template)
 
 
 def test_blue_green_rolls_back_on_alarms(default_template: Template) -> None:
