@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk import Acknowledgment, Annotations, Stack, Validations
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -44,10 +44,13 @@ class ModelEndpoint(Construct):
 
         self.role, self.policy = self._execution_role(settings, image, artifact, bucket, kms_key)
         self.vpc_policies = [self._vpc_policy(self.role)] if settings.vpc_subnet_ids else []
+        # The container runs the package's own code: without network it cannot send data anywhere.
+        # SageMaker still pulls the image and downloads the model data; VPC settings apply as before.
         self.model = sagemaker.CfnModel(
             self,
             "Model",
             execution_role_arn=self.role.role_arn,
+            enable_network_isolation=settings.isolation.enabled,
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
                 image=image.uri(stack.region, stack.url_suffix),
                 mode="SingleModel",
@@ -58,6 +61,10 @@ class ModelEndpoint(Construct):
         )
         # CreateModel checks that the role can read the model data (and use the VPC): attach the policies first.
         self.model.node.add_dependency(self.policy, *self.vpc_policies)
+        if not settings.isolation.enabled:
+            reason = f"network isolation is off: {settings.isolation.reason}"
+            Annotations.of(self.model).add_warning_v2("lora-endpoint:network-isolation-off", reason)
+            skip_checkov(self.model, "CKV_AWS_370", reason)
 
         capture = None
         if settings.data_capture_percent > 0:
@@ -144,7 +151,8 @@ class ModelEndpoint(Construct):
         )
         log_group = f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:/aws/sagemaker/Endpoints/"
         log_streams = f"{log_group}{self.endpoint_name}:log-stream:*"
-        base_bucket, _, prefix = settings.base_model[len("s3://") :].partition("/")
+        base_model = settings.effective_base_model
+        base_bucket, _, prefix = base_model[len("s3://") :].partition("/")
         base_objects = f"arn:{stack.partition}:s3:::{base_bucket}/{prefix.rstrip('/')}/*"
         statements = [
             iam.PolicyStatement(
@@ -165,7 +173,7 @@ class ModelEndpoint(Construct):
                 conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "AWS/SageMaker"]}},
             ),
         ]
-        if settings.base_model.startswith("s3://"):
+        if base_model.startswith("s3://"):
             statements += [
                 iam.PolicyStatement(sid="ReadBaseModel", actions=["s3:GetObject"], resources=[base_objects]),
                 iam.PolicyStatement(
@@ -208,7 +216,7 @@ class ModelEndpoint(Construct):
                 policy, bucket.arn_for_objects(f"{CAPTURE_PREFIX}*"),
                 "Data capture writes one object per sampled request under this prefix of the artifacts bucket.",
             )
-        if settings.base_model.startswith("s3://"):
+        if base_model.startswith("s3://"):
             acknowledge_wildcard_resource(
                 policy, base_objects, "The base model is a tree of objects under one prefix; only those are read."
             )

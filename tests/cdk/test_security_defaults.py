@@ -51,6 +51,7 @@ def test_every_checkov_skip_names_a_known_check_and_a_reason(
     expected = {("ArtifactsAccessLogs", "CKV_AWS_18"), ("ArtifactsAccessLogs", "CKV_AWS_21"),
                 ("ApiDeploymentStagev1", "CKV_AWS_120")}
     if which == "every-option":
-        expected |= {("EndpointVpcPolicy", "CKV_AWS_109"), ("EndpointVpcPolicy", "CKV_AWS_111")}
+        expected |= {("EndpointVpcPolicy", "CKV_AWS_109"), ("EndpointVpcPolicy", "CKV_AWS_111"),
+                     ("EndpointModel", "CKV_AWS_370")}
     assert set(skips) == expected
     assert all(len(comment) > 40 for comment in skips.values())

@@ -103,7 +103,7 @@ def test_known_keys_cover_every_documented_key() -> None:
     keys = known_keys()
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for key in ("model_data", "instance_type", "min_capacity", "max_capacity", "region", "account", "api_auth",
-                "alarm_email", "alarm_error_5xx_rate_pct", "handler", "scaling_metric"):
+                "alarm_email", "alarm_error_5xx_rate_pct", "handler", "scaling_metric", "network_isolation"):
         assert key in keys
         assert f"`{key}`" in readme, f"README deploy section does not document {key}"
 
