@@ -15,7 +15,7 @@ COMPAT_DEPS := "accelerate>=0.34" "safetensors>=0.4" "jinja2>=3.1" "pytest>=8" "
 compat_tests = LORA_BUILD_PYTHON="$(abspath $(PY))" $(1)/bin/python -m pytest -q tests/handler tests/compat \
 	-m "not slow and not gpu and not e2e"
 
-.PHONY: all venv test test-all test-compat test-compat-oldest lint typecheck demo synth bench clean
+.PHONY: all venv test test-all test-compat test-compat-oldest lint typecheck demo synth checkov bench clean
 
 all: lint test
 
@@ -71,3 +71,11 @@ clean:
 # Context keys: see README "Deploy to AWS"; pass them with `npx cdk synth -c key=value`.
 synth: venv
 	CDK_OUTDIR=cdk.out $(PY) -m cdk.app
+
+# checkov on the synthesized template, from a venv of its own (checkov is not a project dependency).
+CHECKOV_VENV ?= build/checkov-venv
+checkov: synth
+	test -x $(CHECKOV_VENV)/bin/checkov || (python3 -m venv $(CHECKOV_VENV) && \
+		$(CHECKOV_VENV)/bin/pip install -q "checkov==3.3.30")
+	$(CHECKOV_VENV)/bin/checkov -f cdk.out/LoraEndpoint.template.json --framework cloudformation \
+		--compact --quiet --skip-download

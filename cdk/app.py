@@ -9,6 +9,7 @@ import os
 import sys
 
 from aws_cdk import App, Environment, Validations
+from aws_cdk.cx_api import CloudAssembly, SynthesisMessageLevel
 from cdk_nag import AwsSolutionsChecks
 
 from cdk.settings import ContextError, DeploymentSettings, known_keys
@@ -53,6 +54,12 @@ def unknown_context_keys(app: App) -> list[str]:
     )
 
 
+def warnings(assembly: CloudAssembly) -> list[str]:
+    """The warning annotations of every stack (e.g. why network isolation is off)."""
+    return [str(message.entry.data) for stack in assembly.stacks for message in stack.messages
+            if message.level == SynthesisMessageLevel.WARNING]
+
+
 def main() -> int:
     """Synthesize; bad context prints one line naming the key and exits 2 (no stack trace)."""
     # Run by the CDK CLI, CDK_OUTDIR and CDK_CONTEXT_JSON come from the environment; run directly
@@ -66,7 +73,11 @@ def main() -> int:
     for key in unknown_context_keys(app):
         print(f"warning: context key '{key}' is not used by this app (typo?)", file=sys.stderr)
     build(app, settings)
-    app.synth()
+    assembly = app.synth()
+    # A CDK toolkit (it sets CDK_CLI_ASM_VERSION) prints annotations itself; run directly, print the warnings.
+    if "CDK_CLI_ASM_VERSION" not in os.environ:
+        for warning in warnings(assembly):
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

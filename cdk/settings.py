@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from cdk.components.images import load_table
 from cdk.model_data import ModelData, parse_model_data
+from cdk.network_isolation import SETTINGS as NETWORK_ISOLATION
+from cdk.network_isolation import NetworkIsolation, decide, package_base_model
 from handler import config as handler_config
 
 __all__ = ["ContextError", "DeploymentSettings", "known_keys"]
@@ -99,6 +101,12 @@ class EndpointSettings:
     vpc_security_group_ids: tuple[str, ...] = ()
     data_capture_percent: int = 0
     deploy_bake_s: int = 600
+    network_isolation: str = "auto"
+    effective_base_model: str = field(init=False)
+    """The base the handler loads: the package's own ``option.base_model`` (DJL options win over the
+    environment; only local packages can be read at synth), else ``LORA_BASE_MODEL``; empty means ``base/``."""
+    isolation: NetworkIsolation = field(init=False)
+    """The resolved ``network_isolation``: on unless the base model needs the network (or it was set false)."""
 
     def __post_init__(self) -> None:
         _require(
@@ -117,12 +125,22 @@ class EndpointSettings:
         )
         _in_range("data_capture_percent", self.data_capture_percent, 0, 100)
         _in_range("deploy_bake_s", self.deploy_bake_s, 0, 3600)
-        if self.base_model.startswith("s3://"):
+        _require(self.network_isolation in NETWORK_ISOLATION, "network_isolation",
+                 f"must be one of {', '.join(NETWORK_ISOLATION)}, got {self.network_isolation!r}")
+        # Frozen dataclass: derived fields are set once here.
+        base = (package_base_model(self.model_data) or self.handler_env.get(handler_config.ENV_BASE_MODEL, "")
+                or self.base_model)
+        if base.startswith("s3://"):
             _require(
-                len(self.base_model[5:].split("/", 1)) == 2 and self.base_model[5:].split("/", 1)[1] != "",
+                len(base[5:].split("/", 1)) == 2 and base[5:].split("/", 1)[1] != "",
                 "base_model",
-                f"an s3:// base model needs a key prefix after the bucket, got {self.base_model!r}",
+                f"an s3:// base model needs a key prefix after the bucket, got {base!r}",
             )
+        object.__setattr__(self, "effective_base_model", base)
+        try:
+            object.__setattr__(self, "isolation", decide(self.network_isolation, base))
+        except ValueError as err:
+            raise ContextError("network_isolation", str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -244,6 +262,12 @@ class DeploymentSettings:
                  f"must be one of CloudWatch's retentions {LOG_RETENTION_DAYS}, got {self.log_retention_days}")
         _in_range("noncurrent_version_days", self.noncurrent_version_days, 1, 3650)
         _require(
+            self.endpoint.data_capture_percent == 0 or self.kms_key_arn != "",
+            "data_capture_percent",
+            "data capture stores callers' prompts and responses (customer data) in S3: set kms_key_arn to the "
+            "customer KMS key that encrypts them and decides who may read them",
+        )
+        _require(
             self.scaling.min_capacity <= self.endpoint.instance_count <= self.scaling.max_capacity,
             "instance_count",
             f"must lie within min_capacity..max_capacity ({self.scaling.min_capacity}.."
@@ -296,6 +320,7 @@ def _build(read: _Reader) -> DeploymentSettings:
         vpc_security_group_ids=read.strings("vpc_security_group_ids"),
         data_capture_percent=read.integer("data_capture_percent", 0),
         deploy_bake_s=read.integer("deploy_bake_s", 600),
+        network_isolation=read.text("network_isolation", "auto").lower(),
     )
     scaling = ScalingSettings(
         min_capacity=read.integer("min_capacity", 1),

@@ -48,6 +48,7 @@ class LoraEndpointStack(Stack):
         api = InferenceApi(
             self, "Api", settings=settings.api, endpoint_name=endpoint.endpoint_name,
             endpoint_arn=endpoint.endpoint_arn, log_retention_days=settings.log_retention_days,
+            removal_policy=removal,
         )
         api_alarms = ApiAlarms(
             self, "ApiAlarms", settings=settings.alarms, api_name=api.api.rest_api_name,

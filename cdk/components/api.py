@@ -13,10 +13,12 @@ from typing import Any
 from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Validations
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from cdk.components import api_headers as headers
 from cdk.components import api_mapping as mapping
+from cdk.components.log_group import EncryptedLogGroup
+from cdk.components.nag import skip_checkov
 from cdk.settings import ApiSettings
 
 JSON = "application/json"
@@ -31,12 +33,17 @@ class Route:
     model: str | None
     request_template: str
 
+    @property
+    def forwards_headers(self) -> bool:
+        """Whether the caller's Content-Type, Accept, custom attributes and adapter header reach the model."""
+        return self.method == "POST"
+
 
 ROUTES = (
-    Route("predict", "POST", "Generate", mapping.PASSTHROUGH_REQUEST_TEMPLATE),
-    Route("rag", "POST", "Rag", mapping.PASSTHROUGH_REQUEST_TEMPLATE),
-    Route("v1/chat/completions", "POST", "ChatCompletion", mapping.PASSTHROUGH_REQUEST_TEMPLATE),
-    Route("invocations", "POST", "Invocation", mapping.PASSTHROUGH_REQUEST_TEMPLATE),
+    Route("predict", "POST", "Generate", headers.INVOKE_REQUEST_TEMPLATE),
+    Route("rag", "POST", "Rag", headers.INVOKE_REQUEST_TEMPLATE),
+    Route("v1/chat/completions", "POST", "ChatCompletion", headers.INVOKE_REQUEST_TEMPLATE),
+    Route("invocations", "POST", "Invocation", headers.INVOKE_REQUEST_TEMPLATE),
     Route("model/info", "GET", None, mapping.INFO_REQUEST_TEMPLATE),
 )
 
@@ -75,18 +82,15 @@ class InferenceApi(Construct):
         endpoint_name: str,
         endpoint_arn: str,
         log_retention_days: int,
+        removal_policy: RemovalPolicy,
     ) -> None:
         super().__init__(scope, construct_id)
         iam_auth = settings.auth == "iam"
-        self.access_logs = logs.LogGroup(
-            self,
-            "AccessLogs",
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-        # Settings validated the value against CloudWatch's allowed retentions.
-        self.access_logs.node.default_child.add_property_override(  # type: ignore[union-attr]
-            "RetentionInDays", log_retention_days
-        )
+        # Access logs name callers and their IPs: encrypted, and kept with the stack's data under retain.
+        self.access_logs = EncryptedLogGroup(
+            self, "AccessLogs", log_group_name=f"/lora-endpoint/{endpoint_name}/api-access",
+            retention_days=log_retention_days, removal_policy=removal_policy,
+        ).log_group
         self.api = apigw.RestApi(
             self,
             "Api",
@@ -115,6 +119,11 @@ class InferenceApi(Construct):
             ),
         )
         self._acknowledge(iam_auth)
+        skip_checkov(
+            self.api.deployment_stage, "CKV_AWS_120",
+            "No response cache: generations are sampled and per caller, the invoke routes are POSTs (cached "
+            "only by GET), and a cache cluster bills by the hour.",
+        )
         self.role = iam.Role(
             self,
             "IntegrationRole",
@@ -146,7 +155,10 @@ class InferenceApi(Construct):
                 service="runtime.sagemaker",
                 path=f"endpoints/{endpoint_name}/invocations",
                 integration_http_method="POST",
-                options=self._options(settings, {JSON: route.request_template}, _invoke_responses()),
+                options=self._options(
+                    settings, {JSON: route.request_template}, _invoke_responses(),
+                    headers.integration_request_parameters() if route.forwards_headers else _static_json_headers(),
+                ),
             )
             models = {JSON: self.api.add_model(
                 f"{route.model}Model", content_type=JSON, model_name=route.model,
@@ -156,6 +168,7 @@ class InferenceApi(Construct):
                 route.method,
                 integration,
                 request_models=models,
+                request_parameters=headers.method_request_parameters() if route.forwards_headers else None,
                 request_validator=self.body_validator if models else self.params_validator,
                 method_responses=method_responses,
             )
@@ -171,8 +184,9 @@ class InferenceApi(Construct):
                     apigw.IntegrationResponse(selection_pattern="[45]\\d{2}", status_code="503",
                                               response_templates={JSON: mapping.HEALTH_UNKNOWN}),
                 ],
-                extra_headers={"X-Amz-Target": "'SageMaker.DescribeEndpoint'",
-                               "Content-Type": "'application/x-amz-json-1.1'"},
+                {**_static_json_headers(),
+                 "integration.request.header.X-Amz-Target": "'SageMaker.DescribeEndpoint'",
+                 "integration.request.header.Content-Type": "'application/x-amz-json-1.1'"},
             ),
         )
         self.methods["GET /health"] = self.api.root.add_resource("health").add_method(
@@ -203,13 +217,12 @@ class InferenceApi(Construct):
         settings: ApiSettings,
         request_templates: dict[str, str],
         responses: list[apigw.IntegrationResponse],
-        extra_headers: dict[str, str] | None = None,
+        request_parameters: dict[str, str],
     ) -> apigw.IntegrationOptions:
-        headers = {"Content-Type": f"'{JSON}'", "Accept": f"'{JSON}'", **(extra_headers or {})}
         return apigw.IntegrationOptions(
             credentials_role=self.role,
             passthrough_behavior=apigw.PassthroughBehavior.NEVER,
-            request_parameters={f"integration.request.header.{k}": v for k, v in headers.items()},
+            request_parameters=request_parameters,
             request_templates=request_templates,
             integration_responses=responses,
             timeout=Duration.seconds(settings.timeout_s),
@@ -247,6 +260,11 @@ class InferenceApi(Construct):
                     "would break.",
                 )
             )
+
+
+def _static_json_headers() -> dict[str, str]:
+    """For routes whose body the gateway writes itself (model info, health): JSON both ways."""
+    return {f"integration.request.header.{name}": f"'{JSON}'" for name in (headers.CONTENT_TYPE, headers.ACCEPT)}
 
 
 def _invoke_responses() -> list[apigw.IntegrationResponse]:

@@ -109,7 +109,6 @@ HEALTH_UNKNOWN = '{"status": "Unknown", "healthy": false}'
 
 DESCRIBE_ENDPOINT_TEMPLATE = '{"EndpointName": "%s"}'
 INFO_REQUEST_TEMPLATE = '{"task": "info"}'
-PASSTHROUGH_REQUEST_TEMPLATE = "$input.body"
 
 # API Gateway's own errors: response type -> (status, machine type).
 GATEWAY_ERRORS: dict[str, tuple[str, str]] = {

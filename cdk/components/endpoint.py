@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk import Acknowledgment, Annotations, Stack, Validations
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -14,7 +14,7 @@ from constructs import Construct
 
 from cdk.components.bucket import ModelArtifact
 from cdk.components.images import ImageTable
-from cdk.components.nag import acknowledge_wildcard_resource
+from cdk.components.nag import acknowledge_wildcard_resource, skip_checkov
 from cdk.settings import EndpointSettings
 
 VARIANT_NAME = "AllTraffic"
@@ -43,10 +43,14 @@ class ModelEndpoint(Construct):
         self.endpoint_arn = stack.format_arn(service="sagemaker", resource="endpoint", resource_name=self.endpoint_name)
 
         self.role, self.policy = self._execution_role(settings, image, artifact, bucket, kms_key)
+        self.vpc_policies = [self._vpc_policy(self.role)] if settings.vpc_subnet_ids else []
+        # The container runs the package's own code: without network it cannot send data anywhere.
+        # SageMaker still pulls the image and downloads the model data; VPC settings apply as before.
         self.model = sagemaker.CfnModel(
             self,
             "Model",
             execution_role_arn=self.role.role_arn,
+            enable_network_isolation=settings.isolation.enabled,
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
                 image=image.uri(stack.region, stack.url_suffix),
                 mode="SingleModel",
@@ -55,8 +59,12 @@ class ModelEndpoint(Construct):
             ),
             vpc_config=self._vpc_config(settings),
         )
-        # CreateModel checks that the role can read the model data: attach the policy first.
-        self.model.node.add_dependency(self.policy)
+        # CreateModel checks that the role can read the model data (and use the VPC): attach the policies first.
+        self.model.node.add_dependency(self.policy, *self.vpc_policies)
+        if not settings.isolation.enabled:
+            reason = f"network isolation is off: {settings.isolation.reason}"
+            Annotations.of(self.model).add_warning_v2("lora-endpoint:network-isolation-off", reason)
+            skip_checkov(self.model, "CKV_AWS_370", reason)
 
         capture = None
         if settings.data_capture_percent > 0:
@@ -143,7 +151,8 @@ class ModelEndpoint(Construct):
         )
         log_group = f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:/aws/sagemaker/Endpoints/"
         log_streams = f"{log_group}{self.endpoint_name}:log-stream:*"
-        base_bucket, _, prefix = settings.base_model[len("s3://") :].partition("/")
+        base_model = settings.effective_base_model
+        base_bucket, _, prefix = base_model[len("s3://") :].partition("/")
         base_objects = f"arn:{stack.partition}:s3:::{base_bucket}/{prefix.rstrip('/')}/*"
         statements = [
             iam.PolicyStatement(
@@ -164,7 +173,7 @@ class ModelEndpoint(Construct):
                 conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "AWS/SageMaker"]}},
             ),
         ]
-        if settings.base_model.startswith("s3://"):
+        if base_model.startswith("s3://"):
             statements += [
                 iam.PolicyStatement(sid="ReadBaseModel", actions=["s3:GetObject"], resources=[base_objects]),
                 iam.PolicyStatement(
@@ -182,19 +191,6 @@ class ModelEndpoint(Construct):
                     resources=[bucket.arn_for_objects(f"{CAPTURE_PREFIX}*")],
                 )
             )
-        if settings.vpc_subnet_ids:
-            statements.append(
-                iam.PolicyStatement(
-                    sid="VpcNetworkInterfaces",
-                    actions=[
-                        "ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission",
-                        "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission",
-                        "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeDhcpOptions",
-                        "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
-                    ],
-                    resources=["*"],
-                )
-            )
         policy = iam.Policy(self, "ExecutionPolicy", statements=statements)
         policy.attach_to_role(role)
         if kms_key is not None:
@@ -209,9 +205,7 @@ class ModelEndpoint(Construct):
             Acknowledgment(
                 id="AwsSolutions-IAM5[Resource::*]",
                 reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (limited by a namespace condition)"
-                " support no resource-level permissions"
-                + ("; the ec2 network-interface actions SageMaker needs in a VPC act on interfaces it creates"
-                   if settings.vpc_subnet_ids else ""),
+                " support no resource-level permissions",
             )
         )
         acknowledge_wildcard_resource(
@@ -222,8 +216,34 @@ class ModelEndpoint(Construct):
                 policy, bucket.arn_for_objects(f"{CAPTURE_PREFIX}*"),
                 "Data capture writes one object per sampled request under this prefix of the artifacts bucket.",
             )
-        if settings.base_model.startswith("s3://"):
+        if base_model.startswith("s3://"):
             acknowledge_wildcard_resource(
                 policy, base_objects, "The base model is a tree of objects under one prefix; only those are read."
             )
         return role, policy
+
+    def _vpc_policy(self, role: iam.Role) -> iam.Policy:
+        """The network-interface actions SageMaker needs in a VPC, in a policy of their own (for the skips)."""
+        policy = iam.Policy(
+            self,
+            "VpcPolicy",
+            statements=[
+                iam.PolicyStatement(
+                    sid="VpcNetworkInterfaces",
+                    actions=[
+                        "ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission",
+                        "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission",
+                        "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeDhcpOptions",
+                        "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
+                    ],
+                    resources=["*"],
+                )
+            ],
+        )
+        policy.attach_to_role(role)
+        reason = ("SageMaker's documented VPC permissions: it creates, shares and deletes the endpoint's network "
+                  "interfaces itself, whose ids are not known before it does")
+        Validations.of(policy).acknowledge(Acknowledgment(id="AwsSolutions-IAM5[Resource::*]", reason=reason))
+        skip_checkov(policy, "CKV_AWS_109", reason)
+        skip_checkov(policy, "CKV_AWS_111", reason)
+        return policy

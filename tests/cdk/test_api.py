@@ -175,3 +175,65 @@ def test_integration_timeout_is_configurable() -> None:
     template = synth({"api_timeout_s": 60, "handler": {"time_budget_s": 50}})
     for method in _methods(template).values():
         assert method["Integration"]["TimeoutInMillis"] == 60000
+
+
+FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+ADAPTER = "X-Amzn-SageMaker-Adapter-Identifier"
+
+
+@pytest.mark.parametrize("route", ["predict", "rag", "completions", "invocations"])
+def test_invoke_routes_forward_the_callers_headers(default_template: Template, route: str) -> None:
+    method = _methods(default_template)[("POST", route)]
+    # GIVEN the method declares the caller's headers (optional) ...
+    declared = {f"method.request.header.{h}": False for h in (*FORWARDED, ADAPTER)}
+    assert method["RequestParameters"] == declared
+    # ... THEN the runtime gets them under its own header names, not fixed values
+    params = method["Integration"]["RequestParameters"]
+    assert params == {f"integration.request.header.{h}": f"method.request.header.{h}" for h in FORWARDED}
+    # AND the adapter header travels as a custom attribute (InvokeEndpoint has no adapter header)
+    template = method["Integration"]["RequestTemplates"]["application/json"]
+    assert f"$!input.params('{ADAPTER}')" in template
+    assert (f"#set($context.requestOverride.header.X-Amzn-SageMaker-Custom-Attributes = "
+            f"\"${{custom}}{ADAPTER}=$adapter\")") in template
+    assert template.endswith("$input.body")
+
+
+def test_gateway_written_bodies_keep_fixed_json_headers(default_template: Template) -> None:
+    params = _methods(default_template)[("GET", "info")]["Integration"]["RequestParameters"]
+    assert params == {"integration.request.header.Content-Type": "'application/json'",
+                      "integration.request.header.Accept": "'application/json'"}
+
+
+def _access_logs(template: Template) -> tuple[dict, dict]:
+    (group,) = resources(template, "AWS::Logs::LogGroup").values()
+    keys = resources(template, "AWS::KMS::Key")
+    return group, keys[group["Properties"]["KmsKeyId"]["Fn::GetAtt"][0]]
+
+
+def test_access_logs_are_encrypted_with_a_key_only_logs_may_use_for_them(default_template: Template) -> None:
+    group, key = _access_logs(default_template)
+    assert group["Properties"]["LogGroupName"] == "/lora-endpoint/lora-endpoint/api-access"
+    assert group["Properties"]["RetentionInDays"] == 90
+    assert key["Properties"]["EnableKeyRotation"] is True
+    (statement,) = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if "Service" in s["Principal"]]
+    assert statement["Principal"]["Service"] == "logs.us-east-1.amazonaws.com"
+    arn = json.dumps(statement["Condition"]["ArnEquals"]["kms:EncryptionContext:aws:logs:arn"])
+    assert ":log-group:/lora-endpoint/lora-endpoint/api-access" in arn and "AWS::AccountId" in arn
+    stage = only(default_template, "AWS::ApiGateway::Stage")
+    assert stage["AccessLogSetting"]["DestinationArn"]["Fn::GetAtt"][0] in resources(
+        default_template, "AWS::Logs::LogGroup")
+
+
+@pytest.mark.parametrize(("removal", "policy"), [("retain", "Retain"), ("destroy", "Delete")])
+def test_access_logs_follow_the_removal_policy(removal: str, policy: str) -> None:
+    group, key = _access_logs(synth({"removal_policy": removal, "log_retention_days": 30}))
+    assert (group["DeletionPolicy"], group["UpdateReplacePolicy"]) == (policy, policy)
+    assert group["Properties"]["RetentionInDays"] == 30
+    # A retained log group stays readable: its key is kept with it.
+    assert key["DeletionPolicy"] == policy
+
+
+def test_stage_cache_finding_is_suppressed_with_a_reason(default_template: Template) -> None:
+    (stage,) = resources(default_template, "AWS::ApiGateway::Stage").values()
+    (skip,) = stage["Metadata"]["checkov"]["skip"]
+    assert skip["id"] == "CKV_AWS_120" and "sampled" in skip["comment"]

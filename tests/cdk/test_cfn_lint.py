@@ -30,7 +30,8 @@ def test_every_option_template_is_clean(tmp_path: Path) -> None:
     template = synth({"api_auth": "api_keys", "data_capture_percent": 10, "alarm_email": "a@example.com",
                       "vpc_subnet_ids": ["subnet-0123456789abcdef1"],
                       "vpc_security_group_ids": ["sg-0123456789abcdef0"],
-                      "model_data": "s3://m/run/"})
+                      "model_data": "s3://m/run/", "base_model": "s3://bases/llama/",
+                      "kms_key_arn": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"})
     matches = _lint(template.to_json(), tmp_path)
     assert [str(m) for m in matches] == []
 

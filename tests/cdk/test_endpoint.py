@@ -9,6 +9,8 @@ from aws_cdk.assertions import Template
 from handler import config as handler_config
 from tests.cdk.conftest import only, resources, synth
 
+KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
 
 def _execution_statements(template: Template) -> dict[str, dict]:
     policies = [p["Properties"] for p in resources(template, "AWS::IAM::Policy").values()
@@ -38,7 +40,7 @@ def test_role_has_no_managed_policies_and_only_scoped_resources(default_template
 
 def test_s3_base_model_and_data_capture_grants() -> None:
     template = synth({"base_model": "s3://bases/llama-3-8b/", "data_capture_percent": 20,
-                      "model_data": "s3://models/run-1/model.tar.gz"})
+                      "model_data": "s3://models/run-1/model.tar.gz", "kms_key_arn": KEY_ARN})
     statements = _execution_statements(template)
     assert statements["ReadModelData"]["Resource"] == "arn:aws:s3:::models/run-1/model.tar.gz"
     assert statements["ReadBaseModel"]["Resource"] == "arn:aws:s3:::bases/llama-3-8b/*"
@@ -85,8 +87,17 @@ def test_endpoint_config_suits_llms(default_template: Template) -> None:
 def test_vpc_config() -> None:
     subnets, groups = ["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"], ["sg-0123456789abcdef0"]
     template = synth({"vpc_subnet_ids": subnets, "vpc_security_group_ids": groups})
-    assert only(template, "AWS::SageMaker::Model")["VpcConfig"] == {"Subnets": subnets, "SecurityGroupIds": groups}
-    assert "VpcNetworkInterfaces" in _execution_statements(template)
+    model = next(iter(resources(template, "AWS::SageMaker::Model").values()))
+    assert model["Properties"]["VpcConfig"] == {"Subnets": subnets, "SecurityGroupIds": groups}
+    # The network-interface actions sit in a policy of their own, which the model waits for.
+    vpc_policies = {k: p for k, p in resources(template, "AWS::IAM::Policy").items()
+                    if k.startswith("EndpointVpcPolicy")}
+    ((logical_id, policy),) = vpc_policies.items()
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Sid"] == "VpcNetworkInterfaces"
+    assert "ec2:CreateNetworkInterface" in statement["Action"]
+    assert logical_id in model["DependsOn"]
+    assert "VpcNetworkInterfaces" not in _execution_statements(template)
 
 
 def test_blue_green_rolls_back_on_alarms(default_template: Template) -> None:
@@ -99,3 +110,9 @@ def test_blue_green_rolls_back_on_alarms(default_template: Template) -> None:
     alarms = resources(default_template, "AWS::CloudWatch::Alarm")
     assert len(alarm_refs) == 2 and all(ref in alarms for ref in alarm_refs)
     assert {ref.split("Alarms")[1][:8] for ref in alarm_refs} == {"Error5Xx", "ModelLat"}
+
+
+def test_data_capture_is_encrypted_with_the_customer_key() -> None:
+    template = synth({"data_capture_percent": 5, "kms_key_arn": KEY_ARN})
+    assert only(template, "AWS::SageMaker::EndpointConfig")["DataCaptureConfig"]["KmsKeyId"] == KEY_ARN
+    assert {"kms:Encrypt", "kms:GenerateDataKey"} <= set(_execution_statements(template)["UseCustomerKey"]["Action"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aws_cdk.assertions import Template
 
 from tests.cdk.conftest import only, resources, synth
@@ -82,7 +84,8 @@ def test_every_alarm_notifies_the_topic(default_template: Template) -> None:
 def test_topic_is_encrypted_and_tls_only(default_template: Template) -> None:
     topic = only(default_template, "AWS::SNS::Topic")
     assert topic["KmsMasterKeyId"]["Fn::GetAtt"][0].startswith("AlertsKey")
-    assert only(default_template, "AWS::KMS::Key")["EnableKeyRotation"] is True
+    keys = resources(default_template, "AWS::KMS::Key")
+    assert keys[topic["KmsMasterKeyId"]["Fn::GetAtt"][0]]["Properties"]["EnableKeyRotation"] is True
     statements = only(default_template, "AWS::SNS::TopicPolicy")["PolicyDocument"]["Statement"]
     assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
                for s in statements)
@@ -106,3 +109,15 @@ def test_outputs(default_template: Template) -> None:
     assert {"EndpointName", "EndpointArn", "ApiUrl", "ArtifactsBucketName", "DashboardUrl", "AlarmTopicArn",
             "ModelDataUri"} <= set(outputs)
     assert "ApiKeyId" not in outputs
+
+
+def test_alarm_key_serves_only_this_accounts_alarms(default_template: Template) -> None:
+    # GIVEN the key that encrypts the alarm topic
+    key = next(r["Properties"] for k, r in resources(default_template, "AWS::KMS::Key").items()
+               if k.startswith("AlertsKey"))
+    # THEN CloudWatch may use it only on behalf of alarms of this account and region
+    (statement,) = [s for s in key["KeyPolicy"]["Statement"]
+                    if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    assert statement["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    source_arn = json.dumps(statement["Condition"]["ArnLike"]["aws:SourceArn"])
+    assert ":cloudwatch:" in source_arn and ":alarm:*" in source_arn and "AWS::AccountId" in source_arn

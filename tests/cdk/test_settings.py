@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
         ({"handler": {"time_budget_s": 40}}, "handler", "below api_timeout_s"),
         ({"instance_count": "two"}, "instance_count", "must be an integer"),
         ({"vpc_subnet_ids": "subnet-0123456789abcdef1"}, "vpc_security_group_ids", "together"),
+        ({"data_capture_percent": 10}, "data_capture_percent", "(customer data) in S3: set kms_key_arn"),
         ({"log_retention_days": 10}, "log_retention_days", "retentions"),
         ({"base_model": "s3://bucket"}, "base_model", "key prefix"),
     ],
@@ -102,7 +103,7 @@ def test_known_keys_cover_every_documented_key() -> None:
     keys = known_keys()
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for key in ("model_data", "instance_type", "min_capacity", "max_capacity", "region", "account", "api_auth",
-                "alarm_email", "alarm_error_5xx_rate_pct", "handler", "scaling_metric"):
+                "alarm_email", "alarm_error_5xx_rate_pct", "handler", "scaling_metric", "network_isolation"):
         assert key in keys
         assert f"`{key}`" in readme, f"README deploy section does not document {key}"
 
