@@ -229,5 +229,8 @@ def register_adapter(inputs: Any) -> Any:
     out = Output()
     if model is not None and name in model.adapters:
         return out
+    if model is not None and name in model.failed_adapters:
+        reason = model.failed_adapters[name]
+        return _error_output(Output, 404, UnknownAdapter(f"adapter {shown(name)} failed to load: {reason}").body())
     log.warning("register_adapter(%s): only adapters packaged under adapters/ are served", name)
     return _error_output(Output, 404, UnknownAdapter(f"adapter {shown(name)} is not in the package").body())

@@ -232,8 +232,12 @@ def _require_adapters(
 
 
 def _base_name(base_ref: str, settings: HandlerSettings) -> str:
-    """A readable base model name: the hub id or S3 URI as configured, else the folder name."""
-    if settings.base_model and not os.path.isabs(settings.base_model):
-        return settings.base_model
+    """A readable base model name: the hub id as configured, else the last part of the S3 prefix or the
+    folder name (callers see this name in model info and chat answers: no bucket, no local path)."""
+    ref = settings.base_model
+    if ref.startswith("s3://"):
+        return ref.rstrip("/").rsplit("/", 1)[-1] or "base"
+    if ref and not os.path.isabs(ref) and not ref.startswith("."):
+        return ref
     path = Path(base_ref)
     return path.parent.name if path.name == BASE_SUBDIR and path.parent.name else path.name

@@ -50,6 +50,6 @@ def test_base_model_from_s3_prefix(tiny_model_dir: Path, tmp_path: Path, monkeyp
         lm = load_model(tiny_model_dir, settings)
         assert sorted(lm.adapters) == ["alpha", "beta"]
         assert (tmp_path / "cache" / "config.json").is_file()
-        assert lm.base_name == "s3://models/bases/tiny/"
+        assert lm.base_name == "tiny"  # callers see the name, not the bucket
         s3.delete_object(Bucket="models", Key="bases/tiny/config.json")  # a second start uses the cache
         assert resolve_base_model(tiny_model_dir, settings) == str(tmp_path / "cache")
