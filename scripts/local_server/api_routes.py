@@ -16,10 +16,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from handler.body import parse_json
 from handler.contract import PASSTHROUGH_CONTAINER_STATUSES, request_schemas, schema_errors
 from handler.errors import HandlerError, error_body
 from handler.media import JSON, check_content_type
-from handler.schema import parse_json
 
 from .djl_io import Answer
 from .endpoint import EndpointState, NotReady, wants_stream

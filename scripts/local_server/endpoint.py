@@ -15,8 +15,8 @@ import json
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 
+from handler.body import parse_json
 from handler.errors import HandlerError, ServiceUnavailable
-from handler.schema import parse_json
 
 from . import DEFAULT_ENDPOINT_NAME, DEFAULT_VARIANT
 from .batcher import Batcher

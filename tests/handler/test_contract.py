@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from handler.body import parse_json
 from handler.config import HandlerSettings
 from handler.contract import request_schemas, schema_errors
 from handler.errors import HandlerError
-from handler.schema import parse_body, parse_json
+from handler.schema import parse_body
 from scripts import fuzz
 
 ROOT = Path(__file__).resolve().parents[2]
