@@ -35,13 +35,14 @@ def stream_type(request: Any) -> str:
 
 def error_record(err: HandlerError, media: str) -> bytes:
     """The last chunk of a stream that failed after its first byte, in the stream's own format."""
-    if media == EVENT_STREAM:
+    if media.split(";")[0].strip().lower() == EVENT_STREAM:
         return chat.sse(err.body()) + chat.sse("[DONE]")
     return (json.dumps({**err.body(), "details": {"finish_reason": "error"}}) + "\n").encode()
 
 
-def ending_cleanly(chunks: Iterator[bytes], media: str) -> Iterator[bytes]:
-    """``chunks``, with any failure turned into the stream's error record; closing it closes ``chunks``."""
+def ending_cleanly(chunks: Iterator[bytes], media: str, *also: Iterator[Any]) -> Iterator[bytes]:
+    """``chunks``, with any failure turned into the stream's error record. However it ends (or is
+    closed), ``chunks`` and the iterators in ``also`` are closed: the decode loop stops there."""
     try:
         yield from chunks
     except HandlerError as err:
@@ -50,9 +51,10 @@ def ending_cleanly(chunks: Iterator[bytes], media: str) -> Iterator[bytes]:
         log.exception("stream failed after its first byte")
         yield error_record(GenerationFailed(), media)
     finally:
-        close = getattr(chunks, "close", None)
-        if callable(close):
-            close()
+        for iterator in (chunks, *also):
+            close = getattr(iterator, "close", None)
+            if callable(close):
+                close()
 
 
 def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
@@ -70,19 +72,12 @@ def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
         steps.close()
         log.exception("prefill failed")
         raise GenerationFailed() from None
+    if first is not None and _failed(first):  # the first token failed: no byte is out, so a real status
+        steps.close()
+        raise GenerationFailed()
     rest: Iterator[list[Delta]] = itertools.chain([] if first is None else [first], steps)
     body = _chat_events(lm, prepared, rest) if isinstance(request, chat.ChatRequest) else _lines(lm, prepared, rest)
-    return ending_cleanly(_closing(body, steps), stream_type(request))
-
-
-def _closing(chunks: Iterator[bytes], steps: Iterator[Any]) -> Iterator[bytes]:
-    """``chunks``, closing the decode loop (and so releasing the model lock) however it ends."""
-    try:
-        yield from chunks
-    finally:
-        close = getattr(steps, "close", None)
-        if callable(close):
-            close()
+    return ending_cleanly(body, stream_type(request), steps)
 
 
 def _decode_locked(lm: LoadedModel, rows: list[Row]) -> Generator[list[Delta], None, None]:

@@ -23,7 +23,6 @@ from handler.media import JSON, check_content_type
 
 from .djl_io import Answer
 from .endpoint import EndpointState, NotReady, wants_stream
-from .limits import DEFAULT_MAX_BODY_BYTES
 from .streaming import pump_answer
 
 # Local routes may stream; the deployed models refuse ``stream: true``.
@@ -71,7 +70,7 @@ def router(state: EndpointState) -> APIRouter:
         headers = {k: v for k, v in request.headers.items() if k.lower().startswith(FORWARDED)}
         try:
             check_content_type(request.headers.get("content-type"))
-            data = parse_json(raw, DEFAULT_MAX_BODY_BYTES)
+            data = parse_json(raw, max_bytes=len(raw))  # the body is within the server's cap already
         except HandlerError as err:
             return JSONResponse(err.body(), status_code=err.status)
         problems = schema_errors(data, local_schema(model))

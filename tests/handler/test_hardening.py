@@ -255,3 +255,43 @@ def test_developer_role_reads_as_system(served) -> None:
 def test_media_types_are_checked(served, headers, status) -> None:
     out = call({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}, **headers)
     assert out.code == status, out.body()
+
+
+def _fail_from_step(monkeypatch, step: int) -> None:  # type: ignore[no-untyped-def]
+    """Make every row fail at decode step ``step`` (0 is the prefill)."""
+    import handler.generation as generation
+
+    real = generation._pick_tokens
+    calls = {"n": 0}
+
+    def failing(logits, rows, histories, generators):  # type: ignore[no-untyped-def]
+        tokens, failed = real(logits, rows, histories, generators)
+        calls["n"] += 1
+        return tokens, (set(range(len(rows))) if calls["n"] > step else failed)
+
+    monkeypatch.setattr(generation, "_pick_tokens", failing)
+
+
+def test_a_stream_that_fails_after_its_first_byte_ends_with_an_error_line(served, monkeypatch) -> None:
+    _fail_from_step(monkeypatch, 3)
+    out = call({"inputs": "Hello", "stream": True, "parameters": {"max_new_tokens": 20, "ignore_eos": True}})
+    assert out.code == 200
+    lines = [json.loads(line) for line in out.streamed().splitlines()]
+    assert all("token" in line for line in lines[:-1]) and len(lines) == 4
+    assert lines[-1]["type"] == "internal_error" and lines[-1]["details"]["finish_reason"] == "error"
+
+
+def test_a_chat_stream_that_fails_ends_with_an_error_event_then_done(served, monkeypatch) -> None:
+    _fail_from_step(monkeypatch, 2)
+    out = call({"messages": [{"role": "user", "content": "Hi"}], "stream": True, "max_tokens": 20,
+                "ignore_eos": True})
+    events = [e.removeprefix("data: ") for e in out.streamed().decode().split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["type"] == "internal_error"
+
+
+def test_a_prefill_failure_still_gets_a_status(served, monkeypatch) -> None:
+    _fail_from_step(monkeypatch, 0)
+    out = call({"inputs": "Hello", "stream": True})
+    assert out.code == 500 and out.stream_content is None
+    assert out.json()["type"] == "internal_error"
