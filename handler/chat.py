@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import contract
 from .config import HandlerSettings
-from .errors import InvalidRequest, shown
-from .schema import (
-    SamplingParams,
+from .errors import GenerationFailed, InvalidRequest, shown
+from .fields import (
     adapter_name,
     one_of,
     read_bool,
@@ -30,6 +29,10 @@ from .schema import (
     reject_unknown,
     reject_unsupported,
 )
+from .generation import ERROR, Delta, Row, RowResult
+from .loading import LoadedModel
+from .rows import Prepared, resolve_adapter, seeded, tokenize_prompt
+from .sampling import SamplingParams
 
 CHAT_KEYS = frozenset(contract.CHAT_PARAMETERS) | frozenset(contract.CHAT_UNSUPPORTED) | {"messages"}
 # Roles as the chat template sees them: OpenAI's "developer" is its newer name for "system".
@@ -47,6 +50,9 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     kind: str = "chat"
+
+    def with_default_adapter(self, name: str | None) -> ChatRequest:
+        return self if self.model is not None else replace(self, model=name)
 
 
 def _content(message: Mapping[str, Any], index: int) -> str:
@@ -88,7 +94,7 @@ def _messages(raw: Any) -> list[dict[str, str]]:
     return messages
 
 
-def parse_chat(body: Mapping[str, Any], settings: HandlerSettings) -> ChatRequest:
+def parse(body: Mapping[str, Any], settings: HandlerSettings) -> ChatRequest:
     reject_unknown(body, CHAT_KEYS, "a chat request")
     reject_unsupported(body, contract.CHAT_UNSUPPORTED, "")
     messages = _messages(body.get("messages"))
@@ -132,8 +138,19 @@ def new_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def render(request: ChatRequest, model_name: str, results: Sequence[Any], completion_id: str) -> dict[str, Any]:
+def to_rows(lm: LoadedModel, request: ChatRequest) -> Prepared:
+    """``n`` rows of the conversation rendered with the (adapter's own, else the base's) chat template."""
+    adapter = resolve_adapter(lm, request.model)
+    tokenizer = lm.tokenizer_for(adapter)
+    ids = tokenize_prompt(lm, tokenizer, prompt_text(tokenizer, request.messages), request.params.max_new_tokens,
+                          "messages", add_special_tokens=False)
+    rows = [Row(ids, adapter, seeded(request.params, j)) for j in range(request.n)]
+    return Prepared(request, rows, {"id": new_id(), "model": request.model or lm.base_name})
+
+
+def render(lm: LoadedModel, prepared: Prepared, results: Sequence[RowResult]) -> dict[str, Any]:
     """A ``chat.completion`` object."""
+    model_name, completion_id = prepared.meta["model"], prepared.meta["id"]
     prompt_tokens = results[0].prompt_tokens if results else 0
     completion = sum(len(r.token_ids) for r in results)
     return {
@@ -166,3 +183,33 @@ def chunk(completion_id: str, created: int, model: str, choices: list[dict[str, 
     body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": choices, **extra}
     return sse(body)
+
+
+def render_stream(lm: LoadedModel, prepared: Prepared, steps: Iterable[list[Delta]]) -> Iterator[bytes]:
+    """Server-sent ``chat.completion.chunk`` events: the role, the text per step, usage if asked, [DONE]."""
+    request: ChatRequest = prepared.request
+    cid, model, created = prepared.meta["id"], prepared.meta["model"], int(time.time())
+    n = len(prepared.rows)
+    yield chunk(cid, created, model, [
+        {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i in range(n)
+    ])
+    completion = 0
+    for step in steps:
+        if any(delta.finish_reason == ERROR for delta in step):
+            raise GenerationFailed()
+        choices = []
+        for delta in step:
+            completion += 1
+            if delta.text or delta.finish_reason:
+                choices.append({
+                    "index": delta.row,
+                    "delta": {"content": delta.text} if delta.text else {},
+                    "finish_reason": FINISH.get(delta.finish_reason) if delta.finish_reason else None,
+                })
+        if choices:
+            yield chunk(cid, created, model, choices)
+    if request.include_usage:
+        prompt = len(prepared.rows[0].prompt_ids)
+        yield chunk(cid, created, model, [], usage={
+            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+    yield sse("[DONE]")

@@ -17,9 +17,9 @@ from . import __version__, service, streaming
 from .body import decode_json
 from .config import HandlerSettings, serving_options
 from .errors import HandlerError, UnknownAdapter, internal_error_body, shown
+from .kinds import parse_body, with_adapter_header
 from .loading import LoadedModel, load_model
 from .media import JSON, check_accept
-from .schema import parse_body, with_adapter_header
 
 log = logging.getLogger("lora_endpoint.handler")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .loading import BASE_ADAPTER_NAME, LoadedModel
-from .schema import SamplingParams
+from .sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 

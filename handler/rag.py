@@ -9,16 +9,14 @@ priority passages go first. The response names the passages used and the ones dr
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from . import contract
+from . import contract, generate
 from .config import HandlerSettings
 from .errors import ContextLengthExceeded, InvalidRequest, shown
-from .schema import (
-    PARAMETER_KEYS,
-    SamplingParams,
+from .fields import (
     adapter_name,
     read_bool,
     read_object,
@@ -28,9 +26,13 @@ from .schema import (
     reject_unsupported,
     with_adapter_id,
 )
+from .generation import Delta, Row, RowResult
+from .loading import LoadedModel
+from .rows import Prepared, longest_token, resolve_adapter
+from .sampling import SamplingParams
 
 RAG_KEYS = frozenset(contract.RAG_FIELDS)
-RAG_PARAMETER_KEYS = PARAMETER_KEYS - contract.RAG_EXCLUDED
+RAG_PARAMETER_KEYS = generate.PARAMETER_KEYS - contract.RAG_EXCLUDED
 MAX_PASSAGES = 256
 _FIELD = re.compile(r"\{(context|query)\}")
 
@@ -52,8 +54,11 @@ class RagRequest:
     adapter: str | None = None
     kind: str = "rag"
 
+    def with_default_adapter(self, name: str | None) -> RagRequest:
+        return self if self.adapter is not None else replace(self, adapter=name)
 
-def parse_rag(body: Mapping[str, Any], settings: HandlerSettings) -> RagRequest:
+
+def parse(body: Mapping[str, Any], settings: HandlerSettings) -> RagRequest:
     reject_unknown(body, RAG_KEYS, "a RAG request")
     query = body.get("query")
     if not isinstance(query, str) or not query.strip():
@@ -158,3 +163,28 @@ def build_prompt(
 
 def _order(passages: Sequence[Passage], pid: str | int) -> int:
     return next(i for i, p in enumerate(passages) if p.id == pid)
+
+
+def to_rows(lm: LoadedModel, request: RagRequest) -> Prepared:
+    """One row: the template filled with the passages that fit the context (in priority order)."""
+    adapter = resolve_adapter(lm, request.adapter)
+    tokenizer = lm.tokenizer_for(adapter)
+    budget = lm.context_length - request.params.max_new_tokens
+    ids, used, dropped = build_prompt(tokenizer, lm.settings.rag_template, request, budget, longest_token(tokenizer))
+    return Prepared(request, [Row(tuple(ids), adapter, request.params, logprobs=request.details)],
+                    {"sources": used, "dropped_sources": dropped})
+
+
+def render(lm: LoadedModel, prepared: Prepared, results: Sequence[RowResult]) -> Any:
+    """``{"generated_text", "sources", "dropped_sources", "details"}``."""
+    request: RagRequest = prepared.request
+    text = results[0].text
+    if request.return_full_text:
+        text = lm.tokenizer.decode(list(prepared.rows[0].prompt_ids), skip_special_tokens=True) + text
+    return {"generated_text": text, "sources": prepared.meta["sources"],
+            "dropped_sources": prepared.meta["dropped_sources"],
+            "details": generate.details(results, lm.tokenizer, request.details)}
+
+
+def render_stream(lm: LoadedModel, prepared: Prepared, steps: Iterable[list[Delta]]) -> Iterator[bytes]:
+    return generate.json_lines(lm, prepared, steps, render)

@@ -13,17 +13,15 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from . import chat
-from .errors import GenerationFailed, HandlerError, InvalidRequest
-from .generation import ERROR, Delta, Row, RowResult, decode
+from . import chat, kinds
+from .errors import GenerationFailed, HandlerError
+from .generation import ERROR, Delta, Row, decode
 from .loading import LoadedModel
 from .media import EVENT_STREAM, JSON_LINES
-from .schema import GenerateRequest
-from .service import Prepared, deadline_for, prepare, render
+from .service import deadline_for, prepare
 
 log = logging.getLogger("lora_endpoint.handler")
 
@@ -59,8 +57,6 @@ def ending_cleanly(chunks: Iterator[bytes], media: str, *also: Iterator[Any]) ->
 
 def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
     """Prepare and prefill ``request`` now (errors raise here), then stream the rest lazily."""
-    if isinstance(request, GenerateRequest) and (request.is_list or request.num_return_sequences > 1):
-        raise InvalidRequest("stream supports a single input with num_return_sequences 1", param="stream")
     prepared = prepare(lm, request)
     steps = _decode_locked(lm, prepared.rows)
     try:
@@ -76,7 +72,7 @@ def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
         steps.close()
         raise GenerationFailed()
     rest: Iterator[list[Delta]] = itertools.chain([] if first is None else [first], steps)
-    body = _chat_events(lm, prepared, rest) if isinstance(request, chat.ChatRequest) else _lines(lm, prepared, rest)
+    body = kinds.module(request).render_stream(lm, prepared, rest)
     return ending_cleanly(body, stream_type(request), steps)
 
 
@@ -98,47 +94,3 @@ def _decode_locked(lm: LoadedModel, rows: list[Row]) -> Generator[list[Delta], N
 
 def _failed(step: list[Delta]) -> bool:
     return any(delta.finish_reason == ERROR for delta in step)
-
-
-def _lines(lm: LoadedModel, prepared: Prepared, steps: Iterator[list[Delta]]) -> Iterator[bytes]:
-    result = RowResult(prompt_tokens=len(prepared.rows[0].prompt_ids))
-    for step in steps:
-        if _failed(step):
-            raise GenerationFailed()
-        delta = step[0]
-        result.text += delta.text
-        result.token_ids.append(delta.token_id)
-        line: dict[str, Any] = {"token": {"id": delta.token_id, "text": delta.text, "log_prob": delta.logprob}}
-        if delta.finish_reason:
-            result.finish_reason = delta.finish_reason
-            line.update(render(lm, prepared, [result]))
-        yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
-
-
-def _chat_events(lm: LoadedModel, prepared: Prepared, steps: Iterator[list[Delta]]) -> Iterator[bytes]:
-    request: chat.ChatRequest = prepared.request
-    cid, model, created = prepared.meta["id"], prepared.meta["model"], int(time.time())
-    n = len(prepared.rows)
-    yield chat.chunk(cid, created, model, [
-        {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i in range(n)
-    ])
-    completion = 0
-    for step in steps:
-        if _failed(step):
-            raise GenerationFailed()
-        choices = []
-        for delta in step:
-            completion += 1
-            if delta.text or delta.finish_reason:
-                choices.append({
-                    "index": delta.row,
-                    "delta": {"content": delta.text} if delta.text else {},
-                    "finish_reason": chat.FINISH.get(delta.finish_reason) if delta.finish_reason else None,
-                })
-        if choices:
-            yield chat.chunk(cid, created, model, choices)
-    if request.include_usage:
-        prompt = len(prepared.rows[0].prompt_ids)
-        yield chat.chunk(cid, created, model, [], usage={
-            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-    yield chat.sse("[DONE]")

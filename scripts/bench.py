@@ -34,8 +34,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from handler.config import HandlerSettings  # noqa: E402
+from handler.generate import GenerateRequest  # noqa: E402
 from handler.loading import LoadedModel, load_model  # noqa: E402
-from handler.schema import GenerateRequest, SamplingParams  # noqa: E402
+from handler.sampling import SamplingParams  # noqa: E402
 from handler.service import run  # noqa: E402
 from scripts.tiny_model import TinyModelConfig, build_lora_adapter, build_tiny_model  # noqa: E402
 

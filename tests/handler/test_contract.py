@@ -16,7 +16,7 @@ from handler.body import parse_json
 from handler.config import HandlerSettings
 from handler.contract import request_schemas, schema_errors
 from handler.errors import HandlerError
-from handler.schema import parse_body
+from handler.kinds import parse_body
 from scripts import fuzz
 
 ROOT = Path(__file__).resolve().parents[2]

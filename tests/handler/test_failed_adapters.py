@@ -14,9 +14,10 @@ import pytest
 from handler.config import HandlerSettings
 from handler.errors import ModelLoadError, UnknownAdapter
 from handler.generation import Row, generate
+from handler.info import render as info
 from handler.loading import LoadedModel, load_model
-from handler.schema import SamplingParams
-from handler.service import info, resolve_adapter
+from handler.rows import resolve_adapter
+from handler.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=8)
 PROMPTS = ("Hello world", "The quick brown fox")

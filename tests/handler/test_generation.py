@@ -10,10 +10,12 @@ import pytest
 
 from handler.config import HandlerSettings
 from handler.errors import ContextLengthExceeded, UnknownAdapter
+from handler.generate import GenerateRequest
 from handler.generation import EOS, LENGTH, STOP, TIME_LIMIT, Row, generate
 from handler.loading import load_model
-from handler.schema import GenerateRequest, SamplingParams
-from handler.service import prepare, resolve_adapter, run
+from handler.rows import resolve_adapter
+from handler.sampling import SamplingParams
+from handler.service import prepare, run
 
 GREEDY = SamplingParams(max_new_tokens=12)
 

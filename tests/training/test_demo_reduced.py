@@ -18,8 +18,8 @@ from scripts.demo_model import DEMO, REDUCED, DemoSizes, build_base, is_correct,
 def answers(model_dir: Path, prompts: list[str]) -> tuple[list[str], list[str]]:
     """Greedy answers of the base and of adapter ``demo``, in one batch through the handler."""
     from handler.config import HandlerSettings
+    from handler.kinds import parse_body
     from handler.loading import load_model
-    from handler.schema import parse_body
     from handler.service import run
 
     settings = HandlerSettings.from_env({})

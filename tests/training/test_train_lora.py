@@ -100,8 +100,8 @@ def test_output_loads_with_peft(trained: tuple[Path, str, str], tiny_model_dir: 
 def test_handler_serves_the_trained_adapter(trained: tuple[Path, str, str], tiny_model_dir: Path,
                                             tmp_path: Path) -> None:
     from handler.config import HandlerSettings
+    from handler.kinds import parse_body
     from handler.loading import load_model
-    from handler.schema import parse_body
     from handler.service import run
 
     # GIVEN a model dir in the endpoint's layout with the trained adapter under adapters/yes

@@ -1,8 +1,6 @@
-"""Request parsing and validation: raw body -> typed request. No torch here.
-
-Each request shape has its own parser and its own messages; ``parse_body`` dispatches by shape in one
-place: ``inputs``/``prompt`` -> generate, ``query`` -> RAG, ``messages`` -> chat, ``task`` -> info.
-Every message names the field and the bound, e.g. "parameters.max_new_tokens must be 1..1024, got 0".
+"""Typed readers for request fields: each names the field in its message, and null always means "the
+default". A leaf module: the request kinds (generate, RAG, chat, info) and the sampling parameters read
+their fields with these; it imports nothing of them.
 """
 
 from __future__ import annotations
@@ -10,66 +8,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from typing import Any
 
 from . import contract
 from .adapters import BASE_MODEL_ALIASES
 from .config import HandlerSettings
 from .errors import InvalidRequest, shown
+from .sampling import SAMPLING_EPS, SamplingParams
 
 MAX_STOP_SEQUENCES = contract.MAX_STOP_SEQUENCES
 MAX_STOP_LENGTH = 256
 MAX_SEED = 2**63 - 1
-# Below this a temperature means greedy (vLLM's epsilon): dividing logits by 5e-324 overflows to inf.
-SAMPLING_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to pick tokens for one row; validated, with server caps applied."""
-
-    max_new_tokens: int = 30
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-
-    @property
-    def greedy(self) -> bool:
-        return not self.do_sample or self.temperature < SAMPLING_EPS
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    """``{"inputs": str | [str], "parameters": {...}, "adapters": ...}`` or the simple ``prompt`` shape."""
-
-    inputs: tuple[str, ...]
-    adapters: tuple[str | None, ...]
-    params: SamplingParams
-    is_list: bool = False
-    return_full_text: bool = False
-    details: bool = False
-    num_return_sequences: int = 1
-    stream: bool = False
-    truncate: int | None = None
-    """Keep only the last ``truncate`` prompt tokens (TGI's parameter)."""
-    kind: str = "generate"
-
-
-@dataclass(frozen=True)
-class InfoRequest:
-    """``{"task": "info"}``: describe the model and its adapters."""
-
-    kind: str = "info"
-    stream: bool = False
-
-
-# --- small typed readers: each names the field in its message; null always means "the default" ------
 
 
 def read_int(obj: Mapping[str, Any], key: str, field: str, low: int, high: int, default: int) -> int:
@@ -174,13 +123,6 @@ def reject_unsupported(obj: Mapping[str, Any], table: Mapping[str, contract.Unsu
             )
 
 
-def sampling_flag(do_sample: bool | None, temperature: float, top_p: float, top_k: int) -> bool:
-    """Explicit ``do_sample`` wins; otherwise any sampling knob turns sampling on (as TGI does)."""
-    if do_sample is not None:
-        return do_sample
-    return temperature >= SAMPLING_EPS and (temperature != 1.0 or top_p < 1.0 or top_k > 0)
-
-
 def adapter_name(item: Any, field: str) -> str | None:
     """One adapter reference: null, "" or a base alias mean the base model."""
     if item is None or item == "":
@@ -214,16 +156,16 @@ def with_adapter_id(adapters: tuple[str | None, ...], body: Mapping[str, Any],
     return (chosen,) * len(adapters)
 
 
-# --- generate ---------------------------------------------------------------------------------------
-
-PARAMETER_KEYS = frozenset(contract.GENERATE_PARAMETERS) | frozenset(contract.GENERATE_UNSUPPORTED)
-GENERATE_KEYS = frozenset(contract.GENERATE_FIELDS)
-SIMPLE_KEYS = frozenset(contract.SIMPLE_FIELDS)
-
-
 def read_top_k(obj: Mapping[str, Any], field: str) -> int:
     """``top_k``: 0 (TGI) and -1 (LMI, vLLM) both mean off."""
     return max(0, read_int(obj, "top_k", field, -1, 10_000, 0))
+
+
+def sampling_flag(do_sample: bool | None, temperature: float, top_p: float, top_k: int) -> bool:
+    """Explicit ``do_sample`` wins; otherwise any sampling knob turns sampling on (as TGI does)."""
+    if do_sample is not None:
+        return do_sample
+    return temperature >= SAMPLING_EPS and (temperature != 1.0 or top_p < 1.0 or top_k > 0)
 
 
 def read_sampling(params: Mapping[str, Any], settings: HandlerSettings, prefix: str,
@@ -253,110 +195,3 @@ def read_sampling(params: Mapping[str, Any], settings: HandlerSettings, prefix: 
         stop=read_stop(params, ("stop", "stop_sequences"), prefix),
         ignore_eos=read_bool(params, eos_key, f"{prefix}{eos_key}", False),
     )
-
-
-def read_prompts(value: Any, field: str, settings: HandlerSettings) -> tuple[tuple[str, ...], bool]:
-    if isinstance(value, str):
-        if not value.strip():
-            raise InvalidRequest(f"{field} must not be empty", param=field)
-        return (value,), False
-    if isinstance(value, list):
-        if not value:
-            raise InvalidRequest(f"{field} must not be an empty list", param=field)
-        if len(value) > settings.max_inputs:
-            raise InvalidRequest(
-                f"{field} may hold at most {settings.max_inputs} prompts, got {len(value)}", param=field
-            )
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or not item.strip():
-                raise InvalidRequest(f"{field}[{index}] must be a non-empty string", param=field)
-        return tuple(value), True
-    if value is None:
-        raise InvalidRequest(f"{field} is required", param=field)
-    raise InvalidRequest(f"{field} must be a string or a list of strings, got {type(value).__name__}", param=field)
-
-
-def parse_generate(body: Mapping[str, Any], settings: HandlerSettings) -> GenerateRequest:
-    reject_unknown(body, GENERATE_KEYS, "the request")
-    prompts, is_list = read_prompts(body.get("inputs"), "inputs", settings)
-    params = read_object(body, "parameters", "parameters")
-    reject_unknown(params, PARAMETER_KEYS, "parameters")
-    reject_unsupported(params, contract.GENERATE_UNSUPPORTED, "parameters.")
-    sampling = read_sampling(params, settings, "parameters.")
-    count_key = one_of(params, ("num_return_sequences", "n"), "parameters.") or "num_return_sequences"
-    adapters = read_adapter_field(body.get("adapters"), "adapters", len(prompts))
-    return GenerateRequest(
-        inputs=prompts,
-        adapters=with_adapter_id(adapters, body, params),
-        params=sampling,
-        is_list=is_list,
-        return_full_text=read_bool(params, "return_full_text", "parameters.return_full_text", False),
-        details=read_bool(params, "details", "parameters.details", False),
-        num_return_sequences=read_int(
-            params, count_key, f"parameters.{count_key}", 1, settings.max_return_sequences, 1
-        ),
-        stream=read_bool(body, "stream", "stream", False),
-        truncate=None if params.get("truncate") is None else read_int(
-            params, "truncate", "parameters.truncate", 1, 1 << 30, 1),
-    )
-
-
-def parse_simple(body: Mapping[str, Any], settings: HandlerSettings) -> GenerateRequest:
-    """``{"prompt", "max_length" | "max_new_tokens", "temperature", "top_p"}``; ``max_length`` counts new tokens."""
-    reject_unknown(body, SIMPLE_KEYS, "the request")
-    if not isinstance(body.get("prompt"), str):
-        raise InvalidRequest("prompt must be a string; send a list of prompts as inputs", param="prompt")
-    prompts, _ = read_prompts(body.get("prompt"), "prompt", settings)
-    length_key = one_of(body, ("max_length", "max_new_tokens"), "") or "max_new_tokens"
-    sampling = read_sampling({k: body[k] for k in ("temperature", "top_p") if k in body}, settings, "")
-    max_new = read_int(body, length_key, length_key, 1, settings.max_new_tokens, settings.default_max_new_tokens)
-    adapter = body.get("adapters")
-    if isinstance(adapter, list):
-        raise InvalidRequest("adapters must be a string in the prompt shape", param="adapters")
-    return GenerateRequest(
-        inputs=prompts,
-        adapters=read_adapter_field(adapter, "adapters", 1),
-        params=replace(sampling, max_new_tokens=max_new),
-        stream=read_bool(body, "stream", "stream", False),
-    )
-
-
-def parse_info(body: Mapping[str, Any]) -> InfoRequest:
-    reject_unknown(body, frozenset({"task"}), "an info request")
-    if body.get("task") != "info":
-        raise InvalidRequest(f"task must be 'info', got {shown(body.get('task'))}", param="task")
-    return InfoRequest()
-
-
-def parse_body(data: Mapping[str, Any], settings: HandlerSettings) -> Any:
-    """Dispatch a decoded JSON object to the parser of its shape."""
-    from . import chat, rag  # shapes with their own modules
-
-    if "task" in data:
-        return parse_info(data)
-    if "messages" in data:
-        return chat.parse_chat(data, settings)
-    if "query" in data:
-        return rag.parse_rag(data, settings)
-    if "inputs" in data:
-        return parse_generate(data, settings)
-    if "prompt" in data:
-        return parse_simple(data, settings)
-    raise InvalidRequest(
-        "request must have one of: inputs (generate), prompt (simple generate), query (RAG), "
-        "messages (chat), task (info)"
-    )
-
-
-def with_adapter_header(request: Any, adapter: str | None) -> Any:
-    """Apply ``X-Amzn-SageMaker-Adapter-Identifier``: it names the adapter when the body names none."""
-    if not adapter:
-        return request
-    name = None if adapter in BASE_MODEL_ALIASES else adapter
-    if isinstance(request, GenerateRequest):
-        return replace(request, adapters=tuple(name if a is None else a for a in request.adapters))
-    if getattr(request, "kind", "") == "chat":  # chat names its adapter in ``model``
-        return replace(request, model=name) if request.model is None else request
-    if hasattr(request, "adapter") and request.adapter is None:
-        return replace(request, adapter=name)
-    return request
