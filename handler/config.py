@@ -29,6 +29,9 @@ ENV_MAX_INPUTS = "LORA_MAX_INPUTS"
 ENV_MAX_RETURN_SEQUENCES = "LORA_MAX_RETURN_SEQUENCES"
 ENV_MAX_PAYLOAD_BYTES = "LORA_MAX_PAYLOAD_BYTES"
 ENV_MAX_BATCH_ROWS = "LORA_MAX_BATCH_ROWS"
+ENV_KV_CACHE_TOKENS = "LORA_KV_CACHE_TOKENS"
+ENV_PREFILL_CHUNK_TOKENS = "LORA_PREFILL_CHUNK_TOKENS"
+ENV_MAX_QUEUE = "LORA_MAX_QUEUE"
 ENV_TIME_BUDGET_S = "LORA_TIME_BUDGET_S"
 ENV_RAG_TEMPLATE = "LORA_RAG_TEMPLATE"
 ENV_TRUST_REMOTE_CODE = "LORA_TRUST_REMOTE_CODE"
@@ -104,7 +107,15 @@ class HandlerSettings:
     max_return_sequences: int = 4
     max_payload_bytes: int = 6 * 1024 * 1024
     max_batch_rows: int = 32
-    """Most rows generated together in one forward pass; larger batches run in chunks."""
+    """Most rows the engine runs at once (its KV-cache slots); more requests wait in its queue."""
+    kv_cache_tokens: int = 0
+    """KV-cache positions the engine may hold over all rows; 0 = what fits in 80% of the free GPU memory
+    (30% of the available RAM on a CPU), at most ``max_batch_rows`` full contexts."""
+    prefill_chunk_tokens: int = 512
+    """Prompt tokens prefilled per engine iteration: longer prompts are prefilled in chunks, so running
+    streams wait at most one chunk's worth between two tokens."""
+    max_queue: int = 256
+    """Requests that may wait for the engine; beyond them a 429 ``model_overloaded``."""
     time_budget_s: float = 50.0
     """Generation stops with ``finish_reason`` ``time_limit`` past this many seconds (0 turns it off)."""
     rag_template: str = DEFAULT_RAG_TEMPLATE
@@ -158,7 +169,7 @@ class HandlerSettings:
                 values[field.name] = text.strip() if field.name != "rag_template" else text
         settings = cls(**values)  # type: ignore[arg-type]
         for name in ("max_new_tokens", "default_max_new_tokens", "max_inputs", "max_return_sequences",
-                     "max_payload_bytes", "max_batch_rows"):
+                     "max_payload_bytes", "max_batch_rows", "prefill_chunk_tokens", "max_queue"):
             if getattr(settings, name) < 1:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
         return settings

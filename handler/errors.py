@@ -72,6 +72,14 @@ class ModelNotReady(HandlerError):
     code = "model_not_ready"
 
 
+class ModelOverloaded(HandlerError):
+    """The engine's queue is full (or it is shutting down): retry after ``retry_after`` seconds."""
+
+    status = 429
+    code = "model_overloaded"
+    retry_after = 1
+
+
 class ServiceUnavailable(HandlerError):
     """The endpoint is shutting down (or cannot take the request now); retry elsewhere or later."""
 

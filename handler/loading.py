@@ -40,8 +40,10 @@ class LoadedModel:
     # Adapters found under adapters/ that are not served: name -> short reason (no local paths).
     failed_adapters: dict[str, str] = field(default_factory=dict)
     load_seconds: float = 0.0
-    # One generation at a time per model: the local endpoint calls in from several threads.
+    # One generation at a time per model outside the engine (the reference decode loop, tests).
     lock: threading.Lock = field(default_factory=threading.Lock)
+    engine: Any = None
+    """The ``engine.Engine`` that owns this model once started (``engine.engine_for``)."""
 
     @property
     def uses_peft(self) -> bool:

@@ -1,11 +1,9 @@
-"""From typed requests to responses: each request's rows, one batched generation, rendering.
+"""From typed requests to responses: each request's rows through the engine, then rendering.
 
-``run`` takes every request of a DJL batch (or of the local endpoint's batcher) and generates all
-their rows together. Each request is isolated from its neighbours at every stage: one that fails to
-prepare (unknown adapter, prompt too long, a tokenizer that raises), whose rows fail while sampling,
-or whose rendering fails gets its own error; if the batched forward pass itself raises, each request
-is retried alone so that only the one that causes it fails. The request kinds do the shape-specific
-work (``kinds``); this module knows only rows and results.
+``run`` answers every request of a call (a DJL batch, a toolkit request). Each request is isolated
+from its neighbours at every stage: one that fails to prepare (unknown adapter, prompt too long, a
+tokenizer that raises), whose rows fail in the engine, or whose rendering fails gets its own error.
+The request kinds do the shape-specific work (``kinds``); this module knows only rows and results.
 """
 
 from __future__ import annotations
@@ -16,8 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import kinds
+from .engine import engine_for
 from .errors import GenerationFailed, HandlerError
-from .generation import ERROR, RowResult, generate
+from .generation import ERROR, RowResult
 from .loading import LoadedModel
 from .rows import Prepared
 
@@ -40,54 +39,34 @@ def deadline_for(lm: LoadedModel) -> float | None:
 
 
 def run(lm: LoadedModel, requests: Sequence[Any]) -> list[Any]:
-    """Answer every request; each answer is a JSON-ready object or the ``HandlerError`` for it."""
+    """Answer every request; each answer is a JSON-ready object or the ``HandlerError`` for it.
+
+    Every request goes to the engine on its own (the engine batches them with whatever else is
+    running), so each gets its own answer or error whatever its neighbours in a DJL batch do.
+    """
     answers: list[Any] = [None] * len(requests)
-    prepared: list[tuple[int, Prepared]] = []
+    submitted: list[tuple[int, Prepared, Any]] = []
+    deadline = deadline_for(lm)  # these requests arrived together: now
     for index, request in enumerate(requests):
         try:
             if request.kind == "info":
                 answers[index] = kinds.info.render(lm)
-            else:
-                prepared.append((index, prepare(lm, request)))
+                continue
+            prepared = prepare(lm, request)
+            submitted.append((index, prepared, engine_for(lm).submit(prepared.rows, deadline=deadline)))
         except HandlerError as err:
             answers[index] = err
         except Exception:  # a tokenizer or template that raises: this request only
             log.exception("preparing request %d of %d failed", index, len(requests))
             answers[index] = GenerationFailed()
-    for (index, p), results in zip(prepared, _generate_isolated(lm, [p for _, p in prepared]), strict=True):
-        if isinstance(results, HandlerError):
-            answers[index] = results
-            continue
+    for index, prepared, handle in submitted:
         try:
-            answers[index] = render(lm, p, results)
+            results = handle.results()
+            failed = any(r.finish_reason == ERROR for r in results)
+            answers[index] = GenerationFailed() if failed else render(lm, prepared, results)
+        except HandlerError as err:
+            answers[index] = err
         except Exception:
             log.exception("rendering request %d of %d failed", index, len(requests))
             answers[index] = GenerationFailed()
     return answers
-
-
-def _generate_isolated(lm: LoadedModel, prepared: Sequence[Prepared]) -> list[list[RowResult] | HandlerError]:
-    """Every request's row results; a failed row fails its own request only. A batch whose forward pass
-    raises is run again one request at a time, so the request that causes it is the only one to fail."""
-    rows = [row for p in prepared for row in p.rows]
-    if not rows:
-        return [[] for _ in prepared]
-    try:
-        deadline = deadline_for(lm)
-        limit = lm.settings.max_batch_rows
-        with lm.lock:
-            results = [r for start in range(0, len(rows), limit)
-                       for r in generate(lm, rows[start : start + limit], deadline=deadline)]
-    except Exception:
-        if len(prepared) == 1:
-            log.exception("generation failed")
-            return [GenerationFailed()]
-        log.exception("batched generation of %d requests failed; running each alone", len(prepared))
-        return [_generate_isolated(lm, [p])[0] for p in prepared]
-    out: list[list[RowResult] | HandlerError] = []
-    offset = 0
-    for p in prepared:
-        mine = results[offset : offset + len(p.rows)]
-        offset += len(p.rows)
-        out.append(GenerationFailed() if any(r.finish_reason == ERROR for r in mine) else mine)
-    return out

@@ -1,10 +1,11 @@
 """Streaming one request: JSON lines (generate, RAG) or server-sent events (chat), ending cleanly.
 
-The prefill (tokenising, the first forward pass and the first token) runs before ``stream`` returns, so
-every error up to the first byte still gets a real status. After the first byte an error cannot change
-the status any more: the stream then ends with one error record in its own format - a JSON line with an
-``error`` object (and ``details.finish_reason`` ``error``, which LMI clients look for), or an SSE event
-with the ``error`` object followed by ``data: [DONE]`` - never raw exception text, never a silent cut.
+The prefill (tokenising, the engine's first pass over the prompt and the first token) runs before
+``stream`` returns, so every error up to the first byte still gets a real status. After the first
+byte an error cannot change the status any more: the stream then ends with one error record in its
+own format - a JSON line with an ``error`` object (and ``details.finish_reason`` ``error``, which LMI
+clients look for), or an SSE event with the ``error`` object followed by ``data: [DONE]`` - never raw
+exception text, never a silent cut.
 Closing the iterator (the client went away) stops generation at the next token.
 """
 
@@ -13,12 +14,13 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from . import chat, kinds
+from .engine import engine_for
 from .errors import GenerationFailed, HandlerError
-from .generation import ERROR, Delta, Row, decode
+from .generation import ERROR, Delta
 from .loading import LoadedModel
 from .media import EVENT_STREAM, JSON_LINES
 from .service import deadline_for, prepare
@@ -58,38 +60,18 @@ def ending_cleanly(chunks: Iterator[bytes], media: str, *also: Iterator[Any]) ->
 def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
     """Prepare and prefill ``request`` now (errors raise here), then stream the rest lazily."""
     prepared = prepare(lm, request)
-    steps = _decode_locked(lm, prepared.rows)
+    steps = engine_for(lm).submit(prepared.rows, deadline=deadline_for(lm)).steps()
     try:
-        first = next(steps, None)
-    except HandlerError:
+        first = next(steps, None)  # the prefill and the first token
+    except BaseException:
         steps.close()
         raise
-    except Exception:
-        steps.close()
-        log.exception("prefill failed")
-        raise GenerationFailed() from None
     if first is not None and _failed(first):  # the first token failed: no byte is out, so a real status
         steps.close()
         raise GenerationFailed()
     rest: Iterator[list[Delta]] = itertools.chain([] if first is None else [first], steps)
     body = kinds.module(request).render_stream(lm, prepared, rest)
     return ending_cleanly(body, stream_type(request), steps)
-
-
-def _decode_locked(lm: LoadedModel, rows: list[Row]) -> Generator[list[Delta], None, None]:
-    """``decode`` with the model lock held for each step, never across a yield: a stream that is
-    abandoned without being closed (a caller that never reads it) cannot hold the model, and other
-    requests get the model between two of its tokens."""
-    steps = decode(lm, rows, deadline=deadline_for(lm))
-    try:
-        while True:
-            with lm.lock:
-                step = next(steps, None)
-            if step is None:
-                return
-            yield step
-    finally:
-        steps.close()
 
 
 def _failed(step: list[Delta]) -> bool:

@@ -1,0 +1,563 @@
+"""The engine: one thread owns the model and runs iteration-level (continuous) batching.
+
+Requests are submitted as rows (token ids, adapter, sampling parameters) and get a ``Handle`` back;
+each engine iteration
+1. admits waiting requests in arrival order while the KV budget and the row limit allow (all the rows
+   of a request together), so nothing waits for a running batch to finish;
+2. prefills at most ``prefill_chunk_tokens`` prompt tokens (long prompts in chunks over several
+   iterations, short ones several in one pass), so a long prompt stalls running streams by one chunk;
+3. runs one decode step for every row that has its prompt in the cache, whatever its adapter or
+   request, streaming or not; a row that finishes leaves at once and its slot is reused;
+4. hands each request the deltas of its rows (``Handle.steps`` / ``Handle.asteps``).
+
+The cache is ``kv_cache.SlotCache`` (per-row slots; see its design note); only the last position's
+logits are computed (``logits_to_keep``). Admission control: at most ``max_queue`` requests wait, and
+beyond that ``submit`` raises ``ModelOverloaded`` (429, ``Retry-After``); the KV budget bounds memory,
+so an over-committed endpoint queues instead of running out of memory. Each request's deadline runs
+from its own arrival. A row whose scores are not finite fails its own request; a forward pass that
+raises is retried row by row, so the row that causes it fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import generation
+from .errors import ContextLengthExceeded, GenerationFailed, HandlerError, ModelOverloaded
+from .generation import ERROR, Delta, Row, RowResult, _adapter_routing, _RowState
+from .loading import LoadedModel
+
+log = logging.getLogger("lora_endpoint.handler")
+
+_DONE = object()
+SLOT_ALIGN = 64  # slot capacity grows in steps of this many positions
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """The engine's bounds (from ``HandlerSettings``; see the README, Engine)."""
+
+    max_rows: int
+    kv_tokens: int
+    prefill_tokens: int
+    max_queue: int
+
+
+class Handle:
+    """One submitted request: its rows' deltas arrive step by step; ``cancel`` drops its rows."""
+
+    def __init__(self, rows: Sequence[Row], deadline: float | None, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.rows = list(rows)
+        self.deadline = deadline
+        self.cancelled = False
+        self._loop = loop
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
+
+    def _put(self, item: Any) -> None:
+        if self._loop is not None and self._async is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._async.put_nowait, item)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening any more
+                self.cancelled = True
+        else:
+            self._queue.put(item)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def steps(self) -> Generator[list[Delta], None, None]:
+        """The deltas of each engine iteration that touched this request, until its last row ends."""
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancel()  # the consumer stopped (or the request ended): nothing more to compute
+
+    async def asteps(self) -> AsyncIterator[list[Delta]]:
+        """``steps`` for a caller on an event loop (the handle must have been submitted with ``loop``)."""
+        assert self._async is not None, "submit(..., loop=...) to read steps asynchronously"
+        try:
+            while True:
+                item = await self._async.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancel()
+
+    def results(self) -> list[RowResult]:
+        """Wait for the whole request and collect each row's result."""
+        return collect(self.rows, self.steps())
+
+
+def collect(rows: Sequence[Row], steps: Iterator[list[Delta]]) -> list[RowResult]:
+    """Each row's result from a request's steps."""
+    results = [RowResult(prompt_tokens=len(r.prompt_ids)) for r in rows]
+    for step in steps:
+        for delta in step:
+            result = results[delta.row]
+            result.text += delta.text
+            result.token_ids.append(delta.token_id)
+            if delta.logprob is not None:
+                result.logprobs.append(delta.logprob)
+            if delta.finish_reason:
+                result.finish_reason = delta.finish_reason
+    return results
+
+
+@dataclass(eq=False)
+class _Seq:
+    """One row inside the engine."""
+
+    row: Row
+    handle: Handle
+    index: int
+    state: _RowState
+    generator: Any
+    history: Any
+    pending: list[int]  # prompt ids not yet in the cache
+    slot: int = -1
+    pos: int = 0  # positions written in the slot
+    next_token: int = 0  # sampled, not yet in the cache
+    done: bool = False
+
+    @property
+    def need(self) -> int:
+        return len(self.row.prompt_ids) + self.row.params.max_new_tokens
+
+
+@dataclass(eq=False)
+class _Waiting:
+    handle: Handle
+    need: int
+
+
+@dataclass
+class EngineStats:
+    """Counters for tests, benchmarks and (later) metrics."""
+
+    iterations: int = 0
+    decode_steps: int = 0
+    prefill_passes: int = 0
+    largest_batch: int = 0
+    admitted: int = 0
+    overloaded: int = 0
+    waiting: int = 0
+    running_rows: int = 0
+    kv_tokens_allocated: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+
+class Engine:
+    """Continuous batching over one loaded model (see the module docstring). Thread-safe ``submit``."""
+
+    def __init__(self, lm: LoadedModel, limits: EngineLimits) -> None:
+        from .kv_cache import SlotCache
+
+        self.lm = lm
+        self.limits = limits
+        self.stats = EngineStats()
+        self._cache = SlotCache()
+        self._inbox: deque[_Waiting] = deque()
+        self._waiting: deque[_Waiting] = deque()
+        self._wake = threading.Condition()
+        self._decoding: list[_Seq] = []
+        self._prefilling: list[_Seq] = []
+        self._finished: list[_Seq] = []  # rows that left in this iteration
+        self._stopping = False
+        self._forward_kwargs = _forward_kwargs(lm.model)
+        self._thread = threading.Thread(target=self._run, name="lora-engine", daemon=True)
+        self._thread.start()
+
+    # --- the submitting side (any thread) -----------------------------------------------------------
+    def submit(self, rows: Sequence[Row], *, deadline: float | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> Handle:
+        """Queue one request's rows; raises ``ModelOverloaded`` when the queue is full."""
+        handle = Handle(rows, deadline, loop)
+        need = max(len(r.prompt_ids) + r.params.max_new_tokens for r in rows)
+        if len(rows) > self.limits.max_rows or len(rows) * _aligned(need) > self.limits.kv_tokens:
+            raise ContextLengthExceeded(
+                f"the request needs {len(rows)} rows of up to {need} tokens; this endpoint holds at most "
+                f"{self.limits.max_rows} rows and {self.limits.kv_tokens} KV-cache tokens at once "
+                "(LORA_MAX_BATCH_ROWS, LORA_KV_CACHE_TOKENS)")
+        with self._wake:
+            if self._stopping:
+                raise ModelOverloaded("the endpoint is shutting down; retry")
+            if len(self._inbox) + len(self._waiting) >= self.limits.max_queue:
+                self.stats.overloaded += 1
+                raise ModelOverloaded(
+                    f"the endpoint is at capacity ({self.limits.max_queue} requests waiting); retry in a moment")
+            self._inbox.append(_Waiting(handle, need))
+            self._wake.notify()
+        return handle
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout_s)
+
+    # --- the engine thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._inbox or self._waiting or self._decoding or self._prefilling or self._stopping):
+                    self._cache.clear()  # idle: give the memory back
+                    self._wake.wait()
+                if self._stopping:
+                    self._fail_all(ModelOverloaded("the endpoint is shutting down; retry"))
+                    return
+                self._waiting.extend(self._inbox)
+                self._inbox.clear()
+            try:
+                with _inference_mode():  # cache tensors are made and moved under it, on this thread only
+                    self._iteration()
+            except Exception:  # a bug here must not kill the engine: fail what is running, go on
+                log.exception("engine iteration failed")
+                self._fail_running(GenerationFailed())
+
+    def _iteration(self) -> None:
+        self.stats.iterations += 1
+        self._drop_cancelled()
+        self._admit()
+        # Prefill and decode are two steps for the requests: a row that gets its first token from the
+        # prefill and its second from the decode pass of the same iteration has one delta per step.
+        for phase in (self._prefill, self._decode):
+            if not (self._prefilling if phase == self._prefill else self._decoding):
+                continue
+            events: dict[Handle, list[Delta]] = {}
+            phase(events)
+            for handle, step in events.items():
+                handle._put(step)
+        for handle in {s.handle for s in self._finished}:
+            if all(s.done for s in self._rows_of(handle)):
+                handle._put(_DONE)
+        self._finished.clear()
+        s = self.stats
+        s.waiting, s.running_rows = len(self._waiting), len(self._decoding) + len(self._prefilling)
+        s.kv_tokens_allocated = self._cache.allocated_tokens
+
+    # --- admission ----------------------------------------------------------------------------------
+    def _admit(self) -> None:
+        while self._waiting:
+            waiting = self._waiting[0]
+            handle = waiting.handle
+            if handle.cancelled:
+                self._waiting.popleft()
+                continue
+            rows = len(self._decoding) + len(self._prefilling) + len(handle.rows)
+            capacity = max(self._cache.capacity, _aligned(waiting.need))
+            slots = min(self.limits.max_rows, _power_of_two(rows))  # room to grow without reallocating
+            if max(slots, self._cache.slots) * capacity > self.limits.kv_tokens:
+                slots = rows  # exactly what is needed, when the rounded-up size does not fit
+            if rows > self.limits.max_rows or max(slots, self._cache.slots) * capacity > self.limits.kv_tokens:
+                return  # wait for running rows to leave (arrival order is kept: no overtaking)
+            self._waiting.popleft()
+            self._cache.reserve(slots, capacity)
+            self.stats.admitted += 1
+            for index, row in enumerate(handle.rows):
+                self._prefilling.append(self._new_seq(row, handle, index))
+
+    def _new_seq(self, row: Row, handle: Handle, index: int) -> _Seq:
+        import torch
+
+        lm = self.lm
+        tokenizer = lm.tokenizer_for(row.adapter)
+        generator = torch.Generator(device=lm.device)
+        generator.manual_seed(row.params.seed if row.params.seed is not None else int(torch.randint(0, 2**62, (1,))))
+        history = (torch.tensor(row.prompt_ids, dtype=torch.long, device=lm.device)
+                   if row.params.repetition_penalty != 1.0 else torch.empty(0, dtype=torch.long, device=lm.device))
+        state = _RowState(row, tokenizer, generation._eos_ids(lm, tokenizer))
+        seq = _Seq(row, handle, index, state, generator, history, list(row.prompt_ids))
+        used = {s.slot for s in self._decoding} | {s.slot for s in self._prefilling}
+        seq.slot = max(set(range(self._cache.slots)) - used)  # from the top: away from the decoding rows
+        return seq
+
+    def _rows_of(self, handle: Handle) -> list[_Seq]:
+        return [s for s in (*self._decoding, *self._prefilling, *self._finished) if s.handle is handle]
+
+    # --- prefill --------------------------------------------------------------------------------------
+    def _prefill(self, events: dict[Handle, list[Delta]]) -> None:
+        import torch
+
+        budget = self.limits.prefill_tokens
+        chunk: list[tuple[_Seq, int]] = []
+        for seq in self._prefilling:
+            if budget <= 0:
+                break
+            take = min(len(seq.pending), budget)
+            chunk.append((seq, take))
+            budget -= take
+        width = max(take for _, take in chunk)
+        pad = self.lm.tokenizer.pad_token_id or 0
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for i, (seq, take) in enumerate(chunk):
+            ids[i, width - take :] = torch.tensor(seq.pending[:take])
+        seqs = [seq for seq, _ in chunk]
+
+        def plan(rows: list[tuple[_Seq, int]]) -> None:
+            self._cache.plan_prefill([s.slot for s, _ in rows], [s.pos for s, _ in rows], [t for _, t in rows])
+
+        logits = self._guarded(chunk, plan, ids)
+        self.stats.prefill_passes += 1
+        for seq, take in chunk:
+            if seq.done:
+                continue
+            seq.pos += take
+            del seq.pending[:take]
+        ready = [i for i, seq in enumerate(seqs) if not seq.done and not seq.pending]
+        if ready:
+            self._sample([seqs[i] for i in ready], logits[ready], events)
+        for i in ready:
+            if not seqs[i].done:
+                self._to_decoding(seqs[i])
+
+    # --- decode ---------------------------------------------------------------------------------------
+    def _decode(self, events: dict[Handle, list[Delta]]) -> None:
+        import torch
+
+        seqs = list(self._decoding)
+        ids = torch.tensor([[s.next_token] for s in seqs], dtype=torch.long)
+
+        def plan(rows: list[tuple[_Seq, int]]) -> None:
+            if len(rows) == len(seqs):
+                self._cache.plan_decode([s.pos for s in seqs])
+            else:  # a retry of one row: by slot, not as the whole decoding batch
+                self._cache.plan_prefill([s.slot for s, _ in rows], [s.pos for s, _ in rows], [1] * len(rows))
+
+        logits = self._guarded([(s, 1) for s in seqs], plan, ids)
+        self.stats.decode_steps += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(seqs))
+        self.stats.batch_sizes[len(seqs)] = self.stats.batch_sizes.get(len(seqs), 0) + 1
+        for seq in seqs:
+            if not seq.done:
+                seq.pos += 1
+        live = [i for i, s in enumerate(seqs) if not s.done]
+        self._sample([seqs[i] for i in live], logits[live], events)
+
+    def _guarded(self, rows: list[tuple[_Seq, int]], plan: Any, ids: Any) -> Any:
+        """The forward pass for ``rows``; if it raises, each row again alone: a row that still fails
+        fails its request, the others get their logits."""
+        try:
+            plan(rows)
+            return self._forward(ids, [s.row.adapter for s, _ in rows])
+        except Exception:
+            if len(rows) == 1:
+                log.exception("forward pass failed for one row")
+                self._fail_request(rows[0][0].handle, GenerationFailed())
+                return _nan_rows(1, self.lm)
+            log.exception("forward pass of %d rows failed; running each row alone", len(rows))
+        parts = []
+        for i, row in enumerate(rows):
+            if row[0].done:
+                parts.append(_nan_rows(1, self.lm))
+                continue
+            self._cache.plan_prefill([row[0].slot], [row[0].pos], [row[1]])
+            try:
+                parts.append(self._forward(ids[i : i + 1, -row[1] :], [row[0].row.adapter]))
+            except Exception:
+                log.exception("forward pass failed for one row")
+                self._fail_request(row[0].handle, GenerationFailed())
+                parts.append(_nan_rows(1, self.lm))
+        import torch
+
+        return torch.cat(parts)
+
+    def _forward(self, ids: Any, adapters: list[str | None]) -> Any:
+        """Last-position logits (float32) of one pass over the planned rows."""
+        import torch
+
+        lm = self.lm
+        cache = self._cache
+        with torch.inference_mode(), _adapter_routing(lm, adapters) as routing:
+            out = lm.model(
+                input_ids=ids.to(lm.device),
+                attention_mask=cache.attention_mask(lm.dtype, lm.device),
+                position_ids=cache.position_ids(lm.device),
+                use_cache=True,
+                **{self._forward_kwargs["cache"]: cache},
+                **self._forward_kwargs["logits"],
+                **routing,
+            )
+            return out.logits[:, -1, :].float()
+
+    # --- sampling and leaving -----------------------------------------------------------------------
+    def _sample(self, seqs: list[_Seq], logits: Any, events: dict[Handle, list[Delta]]) -> None:
+        import torch
+
+        if not seqs:
+            return
+        tokens, failed = generation._pick_tokens(logits, [s.row for s in seqs], [s.history for s in seqs],
+                                      [s.generator for s in seqs])
+        want = [i for i, s in enumerate(seqs) if s.row.logprobs]
+        logprobs = torch.log_softmax(logits[want], dim=-1).gather(1, tokens[want][:, None])[:, 0] if want else None
+        by_row = dict(zip(want, logprobs.tolist() if logprobs is not None else [], strict=True))
+        now = time.monotonic()
+        for i, (seq, token) in enumerate(zip(seqs, tokens.tolist(), strict=True)):
+            if seq.done:
+                continue
+            if i in failed:
+                seq.state.finish = ERROR
+                events.setdefault(seq.handle, []).append(Delta(seq.index, "", token, None, ERROR))
+                self._fail_request(seq.handle, None)
+                continue
+            passed = seq.handle.deadline is not None and now >= seq.handle.deadline
+            text = seq.state.push(token, passed)
+            events.setdefault(seq.handle, []).append(Delta(seq.index, text, token, by_row.get(i), seq.state.finish))
+            seq.next_token = token
+            if seq.row.params.repetition_penalty != 1.0:
+                seq.history = torch.cat([seq.history, tokens[i : i + 1].to(seq.history.device)])
+            if seq.state.finish is not None:
+                self._leave(seq)
+
+    def _to_decoding(self, seq: _Seq) -> None:
+        """A row whose prompt is in the cache joins the decoding rows: its slot moves to the end of them."""
+        target = len(self._decoding)
+        if seq.slot != target:
+            other = next((s for s in self._prefilling if s.slot == target), None)
+            if other is not None:
+                self._cache.swap(seq.slot, target, seq.pos, other.pos)
+                other.slot = seq.slot
+            else:
+                self._cache.move(seq.slot, target, seq.pos)
+            seq.slot = target
+        self._prefilling.remove(seq)
+        self._decoding.append(seq)
+
+    def _leave(self, seq: _Seq) -> None:
+        """A finished (or dropped) row frees its slot; the last decoding row moves into it."""
+        seq.done = True
+        self._finished.append(seq)
+        if seq in self._prefilling:
+            self._prefilling.remove(seq)
+            return
+        if seq not in self._decoding:
+            return
+        last = self._decoding[-1]
+        if last is not seq:
+            self._cache.move(last.slot, seq.slot, last.pos)
+            self._decoding[seq.slot] = last
+            last.slot = seq.slot
+        self._decoding.pop()
+
+    def _fail_request(self, handle: Handle, err: HandlerError | None) -> None:
+        """Every row of ``handle`` leaves; the caller gets ``err`` (or the ERROR delta already sent)."""
+        for seq in [s for s in (*self._decoding, *self._prefilling) if s.handle is handle]:
+            self._leave(seq)
+        if err is not None:
+            handle._put(err)
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in (*self._decoding, *self._prefilling) if s.handle.cancelled]:
+            self._leave(seq)
+
+    def _fail_running(self, err: HandlerError) -> None:
+        for handle in {s.handle for s in (*self._decoding, *self._prefilling)}:
+            self._fail_request(handle, err)
+        self._finished.clear()
+
+    def _fail_all(self, err: HandlerError) -> None:
+        self._fail_running(err)
+        for waiting in (*self._waiting, *self._inbox):
+            waiting.handle._put(err)
+        self._waiting.clear()
+        self._inbox.clear()
+
+
+def _inference_mode() -> Any:
+    import torch
+
+    return torch.inference_mode()
+
+
+def _nan_rows(count: int, lm: LoadedModel) -> Any:
+    import torch
+
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    return torch.full((count, vocab), float("nan"))
+
+
+def _aligned(tokens: int) -> int:
+    return -(-tokens // SLOT_ALIGN) * SLOT_ALIGN
+
+
+def _power_of_two(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _forward_kwargs(model: Any) -> dict[str, Any]:
+    """How this transformers version spells the cache argument and "logits for the last position only"."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(inner.forward).parameters
+    logits: dict[str, int] = {}
+    if "logits_to_keep" in params:
+        logits = {"logits_to_keep": 1}
+    elif "num_logits_to_keep" in params:  # transformers 4.45 - 4.49
+        logits = {"num_logits_to_keep": 1}
+    return {"cache": "cache" if "cache" in params else "past_key_values", "logits": logits}
+
+
+def kv_budget(lm: LoadedModel, requested: int, max_rows: int) -> int:
+    """KV-cache tokens the engine may hold: ``requested``, or (0) what fits in memory, capped at
+    ``max_rows`` rows of the full context: 80% of the free GPU memory, or 30% of the available RAM."""
+    if requested > 0:
+        return requested
+    import torch
+
+    config = getattr(lm.model, "config", None)
+    layers = int(getattr(config, "num_hidden_layers", None) or 32)
+    attention_heads = int(getattr(config, "num_attention_heads", None) or 32)
+    heads = int(getattr(config, "num_key_value_heads", None) or attention_heads)
+    hidden = int(getattr(config, "hidden_size", None) or 4096)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // attention_heads)
+    per_token = 2 * layers * heads * head_dim * torch.tensor([], dtype=lm.dtype).element_size()
+    gpu = lm.device.type == "cuda"
+    free = int(torch.cuda.mem_get_info(lm.device)[0] * 0.8) if gpu else int(_available_ram() * 0.3)
+    return max(lm.context_length, min(max_rows * lm.context_length, free // max(1, per_token)))
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
+
+
+def engine_for(lm: LoadedModel) -> Engine:
+    """The model's engine, started on first use (one per loaded model)."""
+    with _STARTING:
+        if lm.engine is None:
+            s = lm.settings
+            lm.engine = Engine(lm, EngineLimits(
+                max_rows=s.max_batch_rows,
+                kv_tokens=kv_budget(lm, s.kv_cache_tokens, s.max_batch_rows),
+                prefill_tokens=s.prefill_chunk_tokens,
+                max_queue=s.max_queue,
+            ))
+            log.info("engine started: %s", lm.engine.limits)
+        return lm.engine
+
+
+_STARTING = threading.Lock()
