@@ -228,7 +228,9 @@ class Engine:
                 self._waiting.extend(self._inbox)
                 self._inbox.clear()
             try:
-                with _inference_mode():  # cache tensors are made and moved under it, on this thread only
+                # Inference mode: cache tensors are made and moved under it, on this thread only. The model
+                # lock: nothing else may use the model meanwhile (the reference decode loop in tests).
+                with self.lm.lock, _inference_mode():
                     self._iteration()
             except Exception:  # a bug here must not kill the engine: fail what is running, go on
                 log.exception("engine iteration failed")

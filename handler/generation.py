@@ -310,7 +310,9 @@ def _new_cache(lm: LoadedModel) -> Any:
 def generate(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = None) -> list[RowResult]:
     """Run ``decode`` to the end and collect each row's result."""
     results = [RowResult(prompt_tokens=len(r.prompt_ids)) for r in rows]
-    for step in decode(lm, rows, deadline=deadline):
+    with lm.lock:  # the engine thread takes it for each iteration
+        steps = list(decode(lm, rows, deadline=deadline))
+    for step in steps:
         for delta in step:
             result = results[delta.row]
             result.text += delta.text

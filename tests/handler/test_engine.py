@@ -1,0 +1,140 @@
+"""The continuous-batching engine: rows join and leave a running batch without changing their tokens,
+short requests overtake long ones, long prompts are prefilled in chunks, and overload is an error."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from handler.engine import Engine, EngineLimits, collect
+from handler.errors import ContextLengthExceeded, ModelOverloaded
+from handler.generation import Row, generate
+from handler.sampling import SamplingParams
+
+GREEDY = SamplingParams(max_new_tokens=12, do_sample=False)
+
+
+def row(lm, text: str, adapter: str | None = None, **params) -> Row:  # type: ignore[no-untyped-def]
+    ids = tuple(lm.tokenizer(text).input_ids)
+    return Row(ids, adapter, replace(GREEDY, **params))
+
+
+def solo(lm, r: Row) -> list[int]:  # type: ignore[no-untyped-def]
+    """The row's tokens from the reference decode loop, alone."""
+    return generate(lm, [r])[0].token_ids
+
+
+@pytest.fixture
+def engine(loaded):  # type: ignore[no-untyped-def]
+    engines: list[Engine] = []
+
+    def make(**limits: int) -> Engine:
+        settings = {"max_rows": 8, "kv_tokens": 8 * 256, "prefill_tokens": 512, "max_queue": 16, **limits}
+        engines.append(Engine(loaded, EngineLimits(**settings)))
+        return engines[-1]
+
+    yield make
+    for e in engines:
+        e.stop()
+
+
+def test_rows_keep_their_solo_tokens_whenever_they_join_or_leave(loaded, engine) -> None:
+    e = engine()
+    # GIVEN rows of different adapters, lengths, limits and stops, some sampled with a seed
+    rows = [row(loaded, "The quick brown fox", "alpha", max_new_tokens=30, ignore_eos=True),
+            row(loaded, "Hello", None, max_new_tokens=5),
+            row(loaded, "A LoRA adapter adds a low-rank update", "beta", max_new_tokens=18, ignore_eos=True),
+            row(loaded, "SageMaker endpoints", "alpha", max_new_tokens=9, stop=("e",)),
+            row(loaded, "Hello world, this is", "beta", max_new_tokens=14, do_sample=True, temperature=0.9,
+                seed=7, ignore_eos=True),
+            row(loaded, "0123", None, max_new_tokens=22, ignore_eos=True, repetition_penalty=1.3)]
+    expected = [solo(loaded, r) for r in rows]
+    # WHEN they are submitted while others run: the first alone, then one more after every few steps
+    first = e.submit([rows[0]])
+    steps = first.steps()
+    got_first = [next(steps)]
+    handles = []
+    for r in rows[1:]:
+        handles.append(e.submit([r]))
+        got_first += [next(steps), next(steps)]
+    got_first += list(steps)
+    results = [collect([rows[0]], iter(got_first))[0]] + [h.results()[0] for h in handles]
+    # THEN every row produced exactly its solo tokens
+    assert [r.token_ids for r in results] == expected
+    assert e.stats.largest_batch >= 3
+
+
+def test_a_short_request_submitted_during_a_long_one_finishes_first(loaded, engine) -> None:
+    e = engine()
+    long = e.submit([row(loaded, "The quick brown fox", "alpha", max_new_tokens=200, ignore_eos=True)])
+    steps = long.steps()
+    next(steps)
+    short = e.submit([row(loaded, "Hello", "beta", max_new_tokens=3, ignore_eos=True)])
+    assert len(short.results()[0].token_ids) == 3
+    remaining = list(steps)
+    assert len(remaining) > 100  # the long one was still running when the short one ended
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_a_stream_keeps_getting_tokens(loaded, engine) -> None:
+    e = engine(prefill_tokens=16)
+    prompt = " ".join(["the quick brown fox"] * 12)
+    long = row(loaded, prompt, "alpha", max_new_tokens=4, ignore_eos=True)
+    assert len(long.prompt_ids) > 3 * 16
+    expected = solo(loaded, long)
+    stream = e.submit([row(loaded, "Hello", None, max_new_tokens=60, ignore_eos=True)])
+    steps = stream.steps()
+    next(steps)
+    iterations_before = e.stats.prefill_passes
+    handle = e.submit([long])
+    # while the long prompt is prefilled (several chunks), the stream gets a token every iteration
+    got = [next(steps) for _ in range(3)]
+    assert all(len(step) == 1 for step in got)
+    assert handle.results()[0].token_ids == expected
+    assert e.stats.prefill_passes - iterations_before >= 3
+
+
+def test_overload_is_an_error_not_a_crash(loaded, engine) -> None:
+    e = engine(max_rows=1, max_queue=1)
+    running = e.submit([row(loaded, "Hello", None, max_new_tokens=80, ignore_eos=True)])
+    steps = running.steps()
+    next(steps)
+    waiting = e.submit([row(loaded, "Hi", None, max_new_tokens=2)])  # queued: no free row
+    with pytest.raises(ModelOverloaded) as refused:
+        e.submit([row(loaded, "Hi", None, max_new_tokens=2)])
+    assert refused.value.status == 429 and refused.value.code == "model_overloaded"
+    assert len(list(steps)) > 0 and len(waiting.results()[0].token_ids) >= 1
+    assert e.stats.overloaded == 1
+
+
+def test_requests_beyond_the_kv_budget_wait_and_one_that_can_never_fit_is_refused(loaded, engine) -> None:
+    e = engine(kv_tokens=128, max_rows=4)  # two rows of up to 64 positions
+    rows = [row(loaded, "Hello", None, max_new_tokens=40, ignore_eos=True) for _ in range(4)]
+    handles = [e.submit([r]) for r in rows]
+    assert [len(h.results()[0].token_ids) for h in handles] == [40] * 4
+    assert e.stats.largest_batch <= 2
+    with pytest.raises(ContextLengthExceeded):
+        e.submit([row(loaded, "Hello", None, max_new_tokens=200)])
+
+
+def test_each_request_s_deadline_runs_from_its_own_arrival(loaded, engine) -> None:
+    e = engine()
+    slow = e.submit([row(loaded, "Hello", None, max_new_tokens=200, ignore_eos=True)],
+                    deadline=time.monotonic() + 0.2)
+    fresh = e.submit([row(loaded, "Hi", None, max_new_tokens=5, ignore_eos=True)], deadline=time.monotonic() + 60)
+    assert slow.results()[0].finish_reason == "time_limit"
+    assert fresh.results()[0].finish_reason == "length"
+
+
+def test_cancelling_a_request_frees_its_rows(loaded, engine) -> None:
+    e = engine(max_rows=1)
+    handle = e.submit([row(loaded, "Hello", None, max_new_tokens=200, ignore_eos=True)])
+    steps = handle.steps()
+    next(steps)
+    steps.close()  # the client went away
+    done = threading.Event()
+    after = e.submit([row(loaded, "Hi", None, max_new_tokens=2, ignore_eos=True)])
+    threading.Thread(target=lambda: (after.results(), done.set()), daemon=True).start()
+    assert done.wait(30)  # the only row slot was given back
