@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -185,31 +185,45 @@ def chunk(completion_id: str, created: int, model: str, choices: list[dict[str, 
     return sse(body)
 
 
-def render_stream(lm: LoadedModel, prepared: Prepared, steps: Iterable[list[Delta]]) -> Iterator[bytes]:
-    """Server-sent ``chat.completion.chunk`` events: the role, the text per step, usage if asked, [DONE]."""
-    request: ChatRequest = prepared.request
-    cid, model, created = prepared.meta["id"], prepared.meta["model"], int(time.time())
-    n = len(prepared.rows)
-    yield chunk(cid, created, model, [
-        {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i in range(n)
-    ])
-    completion = 0
-    for step in steps:
-        if any(delta.finish_reason == ERROR for delta in step):
+class ChatEvents:
+    """Server-sent ``chat.completion.chunk`` events: the role first, the text of each step, the usage
+    when asked, then ``[DONE]``. Fed step by step (``step``), by a sync or an async driver alike."""
+
+    def __init__(self, lm: LoadedModel, prepared: Prepared) -> None:
+        self.request: ChatRequest = prepared.request
+        self.id, self.model, self.created = prepared.meta["id"], prepared.meta["model"], int(time.time())
+        self.rows = len(prepared.rows)
+        self.prompt = len(prepared.rows[0].prompt_ids)
+        self.completion = 0
+
+    def start(self) -> list[bytes]:
+        return [chunk(self.id, self.created, self.model, [
+            {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            for i in range(self.rows)
+        ])]
+
+    def step(self, deltas: list[Delta]) -> list[bytes]:
+        if any(delta.finish_reason == ERROR for delta in deltas):
             raise GenerationFailed()
         choices = []
-        for delta in step:
-            completion += 1
+        for delta in deltas:
+            self.completion += 1
             if delta.text or delta.finish_reason:
                 choices.append({
                     "index": delta.row,
                     "delta": {"content": delta.text} if delta.text else {},
                     "finish_reason": FINISH.get(delta.finish_reason) if delta.finish_reason else None,
                 })
-        if choices:
-            yield chunk(cid, created, model, choices)
-    if request.include_usage:
-        prompt = len(prepared.rows[0].prompt_ids)
-        yield chunk(cid, created, model, [], usage={
-            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-    yield sse("[DONE]")
+        return [chunk(self.id, self.created, self.model, choices)] if choices else []
+
+    def end(self) -> list[bytes]:
+        events = []
+        if self.request.include_usage:
+            events.append(chunk(self.id, self.created, self.model, [], usage={
+                "prompt_tokens": self.prompt, "completion_tokens": self.completion,
+                "total_tokens": self.prompt + self.completion}))
+        return [*events, sse("[DONE]")]
+
+
+def stream_renderer(lm: LoadedModel, prepared: Prepared) -> ChatEvents:
+    return ChatEvents(lm, prepared)

@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +89,7 @@ class Handle:
         finally:
             self.cancel()  # the consumer stopped (or the request ended): nothing more to compute
 
-    async def asteps(self) -> AsyncIterator[list[Delta]]:
+    async def asteps(self) -> AsyncGenerator[list[Delta], None]:
         """``steps`` for a caller on an event loop (the handle must have been submitted with ``loop``)."""
         assert self._async is not None, "submit(..., loop=...) to read steps asynchronously"
         try:
@@ -106,6 +106,10 @@ class Handle:
     def results(self) -> list[RowResult]:
         """Wait for the whole request and collect each row's result."""
         return collect(self.rows, self.steps())
+
+    async def aresults(self) -> list[RowResult]:
+        """``results`` on the event loop."""
+        return collect(self.rows, iter([step async for step in self.asteps()]))
 
 
 def collect(rows: Sequence[Row], steps: Iterator[list[Delta]]) -> list[RowResult]:

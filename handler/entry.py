@@ -7,19 +7,20 @@ body; anything unexpected is logged with the request id and answered as a generi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
 from typing import Any
 
-from . import __version__, service, streaming
+from . import __version__, djl_async, djl_sync, service, streaming
 from .body import decode_json
 from .config import HandlerSettings, serving_options
-from .errors import HandlerError, UnknownAdapter, internal_error_body, shown
+from .errors import HandlerError, UnknownAdapter, shown
 from .kinds import parse_body, with_adapter_header
 from .loading import LoadedModel, load_model
-from .media import JSON, check_accept
+from .media import check_accept
 
 log = logging.getLogger("lora_endpoint.handler")
 
@@ -123,115 +124,65 @@ def _parse_item(item: Any) -> Any:
     return with_adapter_header(request, item.get_property(ADAPTER_HEADER))
 
 
-def _error_output(output_cls: Any, status: int, body: dict[str, Any]) -> Any:
-    out = output_cls()
-    out.set_code(status)
-    out.add_property("Content-Type", JSON)
-    out.add_as_json(body)
-    return out
-
-
-def handle(inputs: Any) -> Any:
-    """DJL Serving entry: the init call loads the model; request calls run parse -> generate -> render."""
+def handle_sync(inputs: Any) -> Any:
+    """DJL sync mode (``option.handler=handle_sync``): the init call loads the model; request calls
+    (one request, or a batch) run parse -> engine -> render (see ``djl_sync``)."""
     from djl_python import Output  # ships only in the LMI image: import it here, never at module level
 
     if _ensure_loaded(inputs):
         return None
     model = _runtime.model
     assert model is not None
-    request_id = inputs.get_property("requestId") or "-"
     batched = inputs.is_batch()
     try:
-        items = inputs.get_batches() if batched else [inputs]
         parsed: list[Any] = []
-        for item in items:
+        for item in inputs.get_batches() if batched else [inputs]:
             try:
                 parsed.append(_parse_item(item))
             except HandlerError as err:
                 parsed.append(err)
-        if not batched and not isinstance(parsed[0], HandlerError) and parsed[0].stream:
-            return _stream_output(Output, model, parsed[0])
-        answers = _answer_all(model, parsed)
-        return _batch_output(Output, answers, parsed) if batched else _single_output(Output, answers[0], parsed[0])
+        return djl_sync.respond(Output, model, parsed, batched=batched)
     except HandlerError as err:
-        return _error_output(Output, err.status, err.body())
+        return djl_sync.error_output(Output, err)
     except Exception:
-        log.exception("request %s failed", request_id)  # details in the log, never on the wire
-        return _error_output(Output, 500, internal_error_body())
+        log.exception("request %s failed", inputs.get_property("requestId") or "-")  # details in the log only
+        return djl_sync.error_output(Output)
 
 
-def _answer_all(model: LoadedModel, parsed: list[Any]) -> list[Any]:
-    """Answers in order: errors stay errors, streams in a batch are rendered whole."""
-    plain = [(i, p) for i, p in enumerate(parsed) if not isinstance(p, HandlerError) and not p.stream]
-    answers: list[Any] = list(parsed)
-    for (index, _), answer in zip(plain, service.run(model, [p for _, p in plain]), strict=True):
-        answers[index] = answer
-    for index, request in enumerate(parsed):
-        if not isinstance(request, HandlerError) and request.stream:
-            try:
-                answers[index] = b"".join(streaming.stream(model, request))
-            except HandlerError as err:
-                answers[index] = err
-    return answers
+async def handle(inputs: Any) -> Any:
+    """DJL async mode (``option.async_mode=true``, what the package sets): each request is its own call
+    on DJL's event loop; the answer is an encoded Output, or an async generator of them for a stream
+    (see ``djl_async``). The model loads on a worker thread; the engine thread runs the model."""
+    from djl_python import Output
 
-
-def _payload(answer: Any) -> bytes:
-    body = answer.body() if isinstance(answer, HandlerError) else answer
-    return bytes(body) if isinstance(body, bytes | bytearray) else json.dumps(body, ensure_ascii=False).encode()
-
-
-def _single_output(output_cls: Any, answer: Any, request: Any) -> Any:
-    if isinstance(answer, HandlerError):
-        return _error_output(output_cls, answer.status, answer.body())
-    out = output_cls()
-    out.add_property("Content-Type", streaming.stream_type(request) if isinstance(answer, bytes) else JSON)
-    out.add(_payload(answer), key="data")
-    return out
-
-
-def _batch_output(output_cls: Any, answers: list[Any], parsed: list[Any]) -> Any:
-    """One Output for a DJL batch, exactly one content entry per item (``batch_{i}.data``).
-
-    DJL's frontend gives the whole batch the Output's status - and a status of 300 or more sends the
-    first item's body to every caller - so a batch is always 200 and a failed item's body is its own
-    error object (``code``, ``type``, ``message``). Headers are shared by the batch too: the
-    Content-Type is a stream's type only when every item is such a stream, else JSON.
-    """
-    out = output_cls()
-    types = {streaming.stream_type(p) if isinstance(a, bytes) else JSON for a, p in zip(answers, parsed, strict=True)}
-    out.add_property("Content-Type", types.pop() if len(types) == 1 else JSON)
-    for index, answer in enumerate(answers):
-        out.add(_payload(answer), key="data", batch_index=index)
-    return out
-
-
-def _stream_output(output_cls: Any, model: LoadedModel, request: Any) -> Any:
-    chunks = streaming.stream(model, request)  # preparation and prefill errors raise here, before any byte
-    out = output_cls()
-    out.add_property("Content-Type", streaming.stream_type(request))
+    if await asyncio.to_thread(_ensure_loaded, inputs):
+        return None
+    model = _runtime.model
+    assert model is not None
     try:
-        out.add_stream_content(chunks, output_formatter=_identity)
-    except TypeError:  # older djl_python: add_stream_content(stream_content) only
-        out.add_stream_content(chunks)
-    return out
+        request = _parse_item(inputs)
+        if request.stream:
+            chunks = await streaming.astream(model, request)  # prefill errors raise here, before any byte
+            return djl_async.stream_outputs(Output, chunks, streaming.stream_type(request))
+        return djl_async.answer_output(Output, await service.arun(model, request))
+    except HandlerError as err:
+        return djl_async.error_output(Output, err)
+    except Exception:
+        log.exception("request %s failed", inputs.get_property("requestId") or "-")
+        return djl_async.error_output(Output, None)
 
 
-def _identity(chunk: Any) -> Any:
-    return chunk
-
-
-def register_adapter(inputs: Any) -> Any:
+async def register_adapter(inputs: Any) -> Any:
     """LMI calls this for each ``adapters/<name>`` when ``option.enable_lora=true``. Adapters in the
     model dir are loaded by ``model_fn`` already; registering one of them again is a no-op."""
     from djl_python import Output
 
     name = inputs.get_property("name")
     model = _runtime.model
-    out = Output()
     if model is not None and name in model.adapters:
-        return out
+        return djl_async.answer_output(Output, {"name": name, "registered": True})
     if model is not None and name in model.failed_adapters:
         reason = model.failed_adapters[name]
-        return _error_output(Output, 404, UnknownAdapter(f"adapter {shown(name)} failed to load: {reason}").body())
+        return djl_async.error_output(Output, UnknownAdapter(f"adapter {shown(name)} failed to load: {reason}"))
     log.warning("register_adapter(%s): only adapters packaged under adapters/ are served", name)
-    return _error_output(Output, 404, UnknownAdapter(f"adapter {shown(name)} is not in the package").body())
+    return djl_async.error_output(Output, UnknownAdapter(f"adapter {shown(name)} is not in the package"))

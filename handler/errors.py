@@ -15,6 +15,8 @@ class HandlerError(Exception):
 
     status = 500
     code = "internal_error"
+    retry_after: int | None = None
+    """Seconds a client should wait before retrying (sent as ``Retry-After``); None for no header."""
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

@@ -9,7 +9,7 @@ format, which RAG shares.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -176,22 +176,35 @@ def to_rows(lm: LoadedModel, request: GenerateRequest) -> Prepared:
     return Prepared(request, rows)
 
 
-def json_lines(lm: LoadedModel, prepared: Prepared, steps: Iterable[list[Delta]],
-               final: Callable[[LoadedModel, Prepared, Sequence[RowResult]], Any]) -> Iterator[bytes]:
-    """One JSON line per token; the last line also carries ``final``'s rendering of the whole answer."""
-    result = RowResult(prompt_tokens=len(prepared.rows[0].prompt_ids))
-    for step in steps:
-        delta = step[0]
-        if delta.finish_reason == ERROR:
-            raise GenerationFailed()
-        result.text += delta.text
-        result.token_ids.append(delta.token_id)
-        line: dict[str, Any] = {"token": {"id": delta.token_id, "text": delta.text, "log_prob": delta.logprob}}
-        if delta.finish_reason:
-            result.finish_reason = delta.finish_reason
-            line.update(final(lm, prepared, [result]))
-        yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
+class JsonLines:
+    """The JSON-lines stream of one row: a line per token; the last line also carries ``final``'s
+    rendering of the whole answer. Fed step by step (``step``), by a sync or an async driver alike."""
+
+    def __init__(self, lm: LoadedModel, prepared: Prepared,
+                 final: Callable[[LoadedModel, Prepared, Sequence[RowResult]], Any]) -> None:
+        self.lm, self.prepared, self.final = lm, prepared, final
+        self.result = RowResult(prompt_tokens=len(prepared.rows[0].prompt_ids))
+
+    def start(self) -> list[bytes]:
+        return []
+
+    def step(self, deltas: list[Delta]) -> list[bytes]:
+        lines = []
+        for delta in deltas:
+            if delta.finish_reason == ERROR:
+                raise GenerationFailed()
+            self.result.text += delta.text
+            self.result.token_ids.append(delta.token_id)
+            line: dict[str, Any] = {"token": {"id": delta.token_id, "text": delta.text, "log_prob": delta.logprob}}
+            if delta.finish_reason:
+                self.result.finish_reason = delta.finish_reason
+                line.update(self.final(self.lm, self.prepared, [self.result]))
+            lines.append((json.dumps(line, ensure_ascii=False) + "\n").encode())
+        return lines
+
+    def end(self) -> list[bytes]:
+        return []
 
 
-def render_stream(lm: LoadedModel, prepared: Prepared, steps: Iterable[list[Delta]]) -> Iterator[bytes]:
-    return json_lines(lm, prepared, steps, render)
+def stream_renderer(lm: LoadedModel, prepared: Prepared) -> JsonLines:
+    return JsonLines(lm, prepared, render)

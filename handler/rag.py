@@ -9,7 +9,7 @@ priority passages go first. The response names the passages used and the ones dr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +26,7 @@ from .fields import (
     reject_unsupported,
     with_adapter_id,
 )
-from .generation import Delta, Row, RowResult
+from .generation import Row, RowResult
 from .loading import LoadedModel
 from .rows import Prepared, longest_token, resolve_adapter
 from .sampling import SamplingParams
@@ -186,5 +186,5 @@ def render(lm: LoadedModel, prepared: Prepared, results: Sequence[RowResult]) ->
             "details": generate.details(results, lm.tokenizer, request.details)}
 
 
-def render_stream(lm: LoadedModel, prepared: Prepared, steps: Iterable[list[Delta]]) -> Iterator[bytes]:
-    return generate.json_lines(lm, prepared, steps, render)
+def stream_renderer(lm: LoadedModel, prepared: Prepared) -> generate.JsonLines:
+    return generate.JsonLines(lm, prepared, render)

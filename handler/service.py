@@ -8,6 +8,7 @@ The request kinds do the shape-specific work (``kinds``); this module knows only
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -70,3 +71,16 @@ def run(lm: LoadedModel, requests: Sequence[Any]) -> list[Any]:
             log.exception("rendering request %d of %d failed", index, len(requests))
             answers[index] = GenerationFailed()
     return answers
+
+
+async def arun(lm: LoadedModel, request: Any) -> Any:
+    """One request on the event loop (DJL's async mode): its answer, or the ``HandlerError`` raised.
+    Tokenising runs on a worker thread; the engine's steps arrive on this loop."""
+    if request.kind == "info":
+        return kinds.info.render(lm)
+    prepared = await asyncio.to_thread(prepare, lm, request)
+    handle = engine_for(lm).submit(prepared.rows, deadline=deadline_for(lm), loop=asyncio.get_running_loop())
+    results = await handle.aresults()
+    if any(r.finish_reason == ERROR for r in results):
+        raise GenerationFailed()
+    return render(lm, prepared, results)

@@ -11,10 +11,11 @@ Closing the iterator (the client went away) stops generation at the next token.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
 
 from . import chat, kinds
@@ -40,38 +41,75 @@ def error_record(err: HandlerError, media: str) -> bytes:
     return (json.dumps({**err.body(), "details": {"finish_reason": "error"}}) + "\n").encode()
 
 
-def ending_cleanly(chunks: Iterator[bytes], media: str, *also: Iterator[Any]) -> Iterator[bytes]:
-    """``chunks``, with any failure turned into the stream's error record. However it ends (or is
-    closed), ``chunks`` and the iterators in ``also`` are closed: the decode loop stops there."""
+def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
+    """Prepare and prefill ``request`` now (errors raise here), then stream the rest lazily."""
+    prepared = prepare(lm, request)
+    steps = engine_for(lm).submit(prepared.rows, deadline=deadline_for(lm)).steps()
     try:
-        yield from chunks
+        first = _first(next(steps, None))  # the prefill and the first token
+    except BaseException:
+        steps.close()
+        raise
+    return _rendered(kinds.module(request).stream_renderer(lm, prepared), first, steps, stream_type(request))
+
+
+def _rendered(renderer: Any, first: list[Delta] | None, steps: Generator[list[Delta], None, None],
+              media: str) -> Iterator[bytes]:
+    try:
+        yield from renderer.start()
+        for step in itertools.chain([] if first is None else [first], steps):
+            yield from renderer.step(step)
+        yield from renderer.end()
     except HandlerError as err:
         yield error_record(err, media)
     except Exception:
         log.exception("stream failed after its first byte")
         yield error_record(GenerationFailed(), media)
     finally:
-        for iterator in (chunks, *also):
-            close = getattr(iterator, "close", None)
-            if callable(close):
-                close()
+        steps.close()  # the client went away, or the stream ended: the engine drops the rows
 
 
-def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
-    """Prepare and prefill ``request`` now (errors raise here), then stream the rest lazily."""
-    prepared = prepare(lm, request)
-    steps = engine_for(lm).submit(prepared.rows, deadline=deadline_for(lm)).steps()
+async def astream(lm: LoadedModel, request: Any) -> AsyncIterator[bytes]:
+    """``stream`` for the event loop (DJL's async mode): tokenising runs on a worker thread, and the
+    engine's steps arrive on this loop. Prefill errors raise on the first ``__anext__``."""
+    prepared = await asyncio.to_thread(prepare, lm, request)
+    handle = engine_for(lm).submit(prepared.rows, deadline=deadline_for(lm), loop=asyncio.get_running_loop())
+    steps = handle.asteps()
     try:
-        first = next(steps, None)  # the prefill and the first token
+        first = _first(await anext(steps, None))
     except BaseException:
-        steps.close()
+        await steps.aclose()
         raise
-    if first is not None and _failed(first):  # the first token failed: no byte is out, so a real status
-        steps.close()
+    return _arendered(kinds.module(request).stream_renderer(lm, prepared), first, steps, stream_type(request))
+
+
+async def _arendered(renderer: Any, first: list[Delta] | None, steps: AsyncGenerator[list[Delta], None],
+                     media: str) -> AsyncIterator[bytes]:
+    try:
+        for chunk in renderer.start():
+            yield chunk
+        if first is not None:
+            for chunk in renderer.step(first):
+                yield chunk
+        async for step in steps:
+            for chunk in renderer.step(step):
+                yield chunk
+        for chunk in renderer.end():
+            yield chunk
+    except HandlerError as err:
+        yield error_record(err, media)
+    except Exception:
+        log.exception("stream failed after its first byte")
+        yield error_record(GenerationFailed(), media)
+    finally:
+        await steps.aclose()
+
+
+def _first(step: list[Delta] | None) -> list[Delta] | None:
+    """The first step; one that failed is an error before any byte is out (so a real status)."""
+    if step is not None and _failed(step):
         raise GenerationFailed()
-    rest: Iterator[list[Delta]] = itertools.chain([] if first is None else [first], steps)
-    body = kinds.module(request).render_stream(lm, prepared, rest)
-    return ending_cleanly(body, stream_type(request), steps)
+    return step
 
 
 def _failed(step: list[Delta]) -> bool:

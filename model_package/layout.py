@@ -27,7 +27,8 @@ from model_package.config import BuildOptions, PackageError
 MANIFEST = "manifest.json"
 HANDLER_DIR = Path(next(iter(handler.__path__))).resolve()
 # DJL / LMI keys we write under ``option.``; every other option must be a HandlerSettings field.
-LMI_OPTIONS = frozenset({"entryPoint", "rolling_batch", "async_mode", "tensor_parallel_degree", "max_lora_rank"})
+LMI_OPTIONS = frozenset({"entryPoint", "rolling_batch", "async_mode", "handler", "tensor_parallel_degree",
+                         "max_lora_rank"})
 
 MODEL_PY = '''\
 """DJL Serving entry point, written by model_package: it makes handler/ importable, nothing more.
@@ -41,7 +42,7 @@ _MODEL_DIR = os.path.dirname(os.path.abspath(__file__))
 if _MODEL_DIR not in sys.path:
     sys.path.insert(0, _MODEL_DIR)
 
-from handler.entry import handle, register_adapter  # noqa: E402,F401
+from handler.entry import handle, handle_sync, register_adapter  # noqa: E402,F401
 '''
 
 INFERENCE_PY = '''\
@@ -107,6 +108,7 @@ def serving_properties(options: BuildOptions, base_reference: str | None) -> str
         "entryPoint": "model.py",
         "rolling_batch": "disable",
         "async_mode": "false",
+        "handler": "handle_sync",
         "tensor_parallel_degree": str(options.tensor_parallel_degree),
         "max_lora_rank": str(options.max_lora_rank),
     }

@@ -208,11 +208,11 @@ def run_handler(all_cases: list[Case], model_dir: Path, report: Report, batch: i
     from handler import entry
 
     entry._runtime = entry._Runtime()
-    entry.handle(Input({"model_dir": str(model_dir), **SETTINGS}))
+    entry.handle_sync(Input({"model_dir": str(model_dir), **SETTINGS}))
     for start in range(0, len(all_cases), batch):
         group = all_cases[start : start + batch]
         inputs = [request(c.body, **{k.replace("-", "_"): v for k, v in c.headers.items()}) for c in group]
-        out = entry.handle(inputs[0] if len(group) == 1 else make_batch(*inputs))
+        out = entry.handle_sync(inputs[0] if len(group) == 1 else make_batch(*inputs))
         content_type = out.properties.get("Content-Type", "")
         if len(group) == 1:
             body = out.streamed() if out.stream_content is not None else out.body()

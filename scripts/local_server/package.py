@@ -9,7 +9,7 @@ a plain model dir has no code and is served as it is. The entry file (``option.e
 ``model.py``) is loaded by file path under a generated module name - the model dir is not put on
 ``sys.path`` - and its ``handle`` (or ``option.handler``) gets an init call whose properties are the
 ``option.*`` keys with the prefix stripped, plus ``model_dir``. A plain model dir has no entry file:
-the repository's ``handler.entry.handle`` serves it.
+the repository's ``handler.entry.handle_sync`` serves it.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class ServedModel:
         if spec.entry_file is None:
             from handler import entry
 
-            handle: Callable[[Any], Any] = entry.handle
+            handle: Callable[[Any], Any] = entry.handle_sync
         else:
             module = load_entry_module(spec.entry_file)
             handle = getattr(module, spec.handler_name, None)  # type: ignore[assignment]

@@ -15,7 +15,7 @@ def served(djl, tiny_model_dir, monkeypatch):  # type: ignore[no-untyped-def]
     from djl_python.inputs import Input
 
     monkeypatch.setattr(entry, "_runtime", entry._Runtime())
-    assert entry.handle(Input({"model_dir": str(tiny_model_dir), "max_new_tokens": "128"})) is None
+    assert entry.handle_sync(Input({"model_dir": str(tiny_model_dir), "max_new_tokens": "128"})) is None
     return entry
 
 
@@ -23,7 +23,7 @@ def call(body, **headers):  # type: ignore[no-untyped-def]
     from djl_python.inputs import request
 
     headers.setdefault("Content_Type", "application/json")
-    return entry.handle(request(json.dumps(body), **headers))
+    return entry.handle_sync(request(json.dumps(body), **headers))
 
 
 def assert_chat_completion(body: dict, n: int = 1) -> None:
@@ -66,7 +66,7 @@ def test_chat_mixed_with_plain_requests_in_one_batch(served) -> None:
 
     bodies = [{**CHAT, "model": "alpha"}, {"inputs": "Hello world", "adapters": "beta"}, {**CHAT, "model": "beta"}]
     singles = [call(b).json() for b in bodies]
-    out = entry.handle(batch(*(request(json.dumps(b), Content_Type="application/json") for b in bodies)))
+    out = entry.handle_sync(batch(*(request(json.dumps(b), Content_Type="application/json") for b in bodies)))
     together = [out.json(i) for i in range(3)]
     for got, want in zip(together, singles, strict=True):
         if "choices" in want:
@@ -195,7 +195,7 @@ def test_time_budget_ends_a_long_request_with_time_limit(djl, tiny_model_dir, mo
     from djl_python.inputs import Input
 
     monkeypatch.setattr(entry, "_runtime", entry._Runtime())
-    entry.handle(Input({"model_dir": str(tiny_model_dir), "time_budget_s": "0.3", "max_new_tokens": "100000"}))
+    entry.handle_sync(Input({"model_dir": str(tiny_model_dir), "time_budget_s": "0.3", "max_new_tokens": "100000"}))
     monkeypatch.setattr(entry._runtime.model, "context_length", 200_000)  # room for a very long answer
     # Sampling may draw </s> early on a fast machine; without EOS only the budget can end this request.
     monkeypatch.setattr("handler.generation._eos_ids", lambda *_args: frozenset())

@@ -24,7 +24,7 @@ def served(djl, tiny_model_dir, monkeypatch):  # type: ignore[no-untyped-def]
             "default_max_new_tokens": "8",
         }
     )
-    assert entry.handle(init) is None
+    assert entry.handle_sync(init) is None
     return entry
 
 
@@ -33,7 +33,7 @@ def call(body, **headers):  # type: ignore[no-untyped-def]
 
     headers.setdefault("Content_Type", "application/json")
     raw = body if isinstance(body, str | bytes) else json.dumps(body)
-    return entry.handle(request(raw, **headers))
+    return entry.handle_sync(request(raw, **headers))
 
 
 def test_sagemaker_functions_keep_the_parameter_names_djl_matches() -> None:
@@ -105,7 +105,7 @@ def test_batch_call_routes_each_item_and_matches_single_calls(served) -> None:
         {"inputs": "The quick", "adapters": "beta", "parameters": {"max_new_tokens": 3}},
     ]
     singles = [call(b).json() for b in bodies]
-    out = entry.handle(batch(*(request(json.dumps(b), Content_Type="application/json") for b in bodies)))
+    out = entry.handle_sync(batch(*(request(json.dumps(b), Content_Type="application/json") for b in bodies)))
     assert out.code == 200
     assert [key for key, _ in out.content] == ["batch_0.data", "batch_1.data", "batch_2.data"]
     assert [out.json(i) for i in range(3)] == singles
@@ -116,7 +116,7 @@ def test_batch_with_one_bad_item_answers_the_others(served) -> None:
 
     good = request(json.dumps({"inputs": "Hello"}), Content_Type="application/json")
     bad = request(json.dumps({"inputs": "Hello", "adapters": "nope"}), Content_Type="application/json")
-    out = entry.handle(batch(good, bad))
+    out = entry.handle_sync(batch(good, bad))
     assert out.json(0)["generated_text"] is not None
     assert out.json(1)["type"] == "unknown_adapter" and out.json(1)["code"] == 404
 
@@ -192,7 +192,11 @@ def test_streaming_yields_the_same_text_as_the_plain_call(served) -> None:
 
 
 def test_register_adapter_accepts_packaged_adapters_and_refuses_others(served) -> None:
+    import asyncio
+
     from djl_python.inputs import Input
 
-    assert entry.register_adapter(Input({"name": "alpha", "src": "/opt/ml/model/adapters/alpha"})).code == 200
-    assert entry.register_adapter(Input({"name": "zeta", "src": "/elsewhere"})).code == 404
+    known = asyncio.run(entry.register_adapter(Input({"name": "alpha", "src": "/opt/ml/model/adapters/alpha"})))
+    assert "code" not in known.record()
+    refused = asyncio.run(entry.register_adapter(Input({"name": "zeta", "src": "/elsewhere"}))).record()
+    assert refused["code"] == "404" and refused["error"].startswith("unknown_adapter: ")

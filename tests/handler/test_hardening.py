@@ -21,7 +21,7 @@ def served(djl, tiny_model_dir, monkeypatch):  # type: ignore[no-untyped-def]
     from djl_python.inputs import Input
 
     monkeypatch.setattr(entry, "_runtime", entry._Runtime())
-    assert entry.handle(Input({"model_dir": str(tiny_model_dir), "max_new_tokens": "64"})) is None
+    assert entry.handle_sync(Input({"model_dir": str(tiny_model_dir), "max_new_tokens": "64"})) is None
     return entry
 
 
@@ -30,14 +30,14 @@ def call(body, **headers):  # type: ignore[no-untyped-def]
 
     headers.setdefault("Content_Type", "application/json")
     raw = body if isinstance(body, str | bytes) else json.dumps(body)
-    return entry.handle(request(raw, **headers))
+    return entry.handle_sync(request(raw, **headers))
 
 
 def batch_call(*bodies):  # type: ignore[no-untyped-def]
     from djl_python.inputs import batch, request
 
     raw = [b if isinstance(b, str | bytes) else json.dumps(b) for b in bodies]
-    return entry.handle(batch(*(request(r, Content_Type="application/json") for r in raw)))
+    return entry.handle_sync(batch(*(request(r, Content_Type="application/json") for r in raw)))
 
 
 GREEDY = {"max_new_tokens": 6, "do_sample": False}

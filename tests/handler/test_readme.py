@@ -50,11 +50,11 @@ def test_readme_example_runs(name, djl, tiny_model_dir, monkeypatch) -> None:
     from djl_python.inputs import Input, request
 
     monkeypatch.setattr(entry, "_runtime", entry._Runtime())
-    entry.handle(Input({"model_dir": str(tiny_model_dir)}))
+    entry.handle_sync(Input({"model_dir": str(tiny_model_dir)}))
     body, documented = EXAMPLES[name]
     # The README's adapter is called support-bot; the tiny model's is alpha.
     raw = json.dumps(body).replace('"support-bot"', '"alpha"')
-    out = entry.handle(request(raw, Content_Type="application/json"))
+    out = entry.handle_sync(request(raw, Content_Type="application/json"))
     assert out.code == 200, out.body()
     assert_same_shape(out.json(), documented)
 

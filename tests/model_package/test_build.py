@@ -75,8 +75,9 @@ def test_archive_layout_matches_the_contract(options_for: Callable[..., BuildOpt
         p.relative_to(Path("handler")).as_posix() for p in Path("handler").rglob("*.py") if "__pycache__" not in p.parts
     }
 
-    # model.py exposes only handle + register_adapter; inference.py the four toolkit functions
-    assert _imported_names(root / "model.py") == {"handler.entry": ["handle", "register_adapter"]}
+    # model.py exposes only the DJL entries (async and sync handle, register_adapter); inference.py the
+    # four toolkit functions
+    assert _imported_names(root / "model.py") == {"handler.entry": ["handle", "handle_sync", "register_adapter"]}
     assert "def " not in (root / "model.py").read_text()
     assert _imported_names(root / "code" / "inference.py") == {
         "handler.entry": ["input_fn", "model_fn", "output_fn", "predict_fn"]}
@@ -86,11 +87,11 @@ def test_archive_layout_matches_the_contract(options_for: Callable[..., BuildOpt
     assert props["engine"] == "Python"
     assert props["option.entryPoint"] == "model.py"
     assert props["option.rolling_batch"] == "disable"
-    assert props["option.async_mode"] == "false"
+    assert props["option.async_mode"] == "false" and props["option.handler"] == "handle_sync"
     assert {"batch_size", "max_batch_delay", "option.tensor_parallel_degree"} <= set(props)
     assert "option.base_model" not in props, "a bundled base is found at base/"
     # every handler option maps onto a HandlerSettings field and parses
-    lmi = {"entryPoint", "rolling_batch", "async_mode", "tensor_parallel_degree", "max_lora_rank"}
+    lmi = {"entryPoint", "rolling_batch", "async_mode", "handler", "tensor_parallel_degree", "max_lora_rank"}
     options = {k[len("option."):]: v for k, v in props.items() if k.startswith("option.")}
     handler_opts = {k: v for k, v in options.items() if k not in lmi}
     assert set(handler_opts) <= {f.name for f in dataclasses.fields(HandlerSettings)}

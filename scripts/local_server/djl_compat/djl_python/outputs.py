@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,7 +54,28 @@ class Output:
         self.stream_content = stream_content
         self.stream_output_formatter = output_formatter
 
+    @staticmethod
+    def binary_encode(data: dict[str, Any]) -> bytes:
+        """The async mode's record (as the real one writes it): a short count, then UTF-8 key/value pairs,
+        each a big-endian int length and the bytes (-1 for None); values are ``str(value)``."""
+        msg = bytearray(struct.pack(">h", len(data)))
+        for key, value in data.items():
+            Output.write_utf8(msg, key)
+            Output.write_utf8(msg, str(value))
+        return bytes(msg)
+
+    @staticmethod
+    def write_utf8(msg: bytearray, val: str | None) -> None:
+        if val is None:
+            msg += struct.pack(">i", -1)
+        else:
+            buf = val.encode("utf-8")
+            msg += struct.pack(">i", len(buf)) + buf
+
     # --- test helpers: what the Java side would read ------------------------------------------------
+    def record(self, index: int = 0) -> dict[str, str]:
+        """An async-mode Output's record, decoded as the frontend's ``Request.addResponse`` reads it."""
+        return decode_record(self.content[index][1])
     def body(self, index: int = 0) -> bytes:
         return self.content[index][1]
 
@@ -64,3 +86,18 @@ class Output:
         assert self.stream_content is not None
         fmt = self.stream_output_formatter or (lambda chunk: chunk)
         return b"".join(fmt(chunk) for chunk in self.stream_content)
+
+
+def decode_record(data: bytes) -> dict[str, str]:
+    """``binary_encode``'s record back as a dict of strings (``last`` is "True" / "False")."""
+    (count,) = struct.unpack_from(">h", data, 0)
+    offset, record = 2, {}
+    for _ in range(count):
+        pair = []
+        for _ in range(2):
+            (length,) = struct.unpack_from(">i", data, offset)
+            offset += 4
+            pair.append(data[offset : offset + length].decode("utf-8"))
+            offset += length
+        record[pair[0]] = pair[1]
+    return record
