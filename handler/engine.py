@@ -555,6 +555,12 @@ def engine_for(lm: LoadedModel) -> Engine:
     """The model's engine, started on first use (one per loaded model)."""
     with _STARTING:
         if lm.engine is None:
+            window = sliding_window(lm.model)
+            if window is not None and window < lm.context_length:
+                # The engine's 4D mask is full attention: within the window that is exact.
+                log.warning("the model uses sliding-window attention (%d tokens): serving a context of %d "
+                            "instead of %d", window, window, lm.context_length)
+                lm.context_length = window
             s = lm.settings
             lm.engine = Engine(lm, EngineLimits(
                 max_rows=s.max_batch_rows,
@@ -567,3 +573,14 @@ def engine_for(lm: LoadedModel) -> Engine:
 
 
 _STARTING = threading.Lock()
+
+
+def sliding_window(model: Any) -> int | None:
+    """The model's attention window, if any of its layers uses one (Mistral v0.1, Gemma 2/3, ...)."""
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0:
+        return None
+    if getattr(config, "use_sliding_window", True) is False:  # Qwen2 carries a window it does not use
+        return None
+    return window

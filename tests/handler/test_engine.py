@@ -138,3 +138,20 @@ def test_cancelling_a_request_frees_its_rows(loaded, engine) -> None:
     after = e.submit([row(loaded, "Hi", None, max_new_tokens=2, ignore_eos=True)])
     threading.Thread(target=lambda: (after.results(), done.set()), daemon=True).start()
     assert done.wait(30)  # the only row slot was given back
+
+
+def test_a_sliding_window_model_is_served_within_its_window(tiny_model_dir) -> None:
+    from handler.config import HandlerSettings
+    from handler.engine import engine_for, sliding_window
+    from handler.loading import load_model
+
+    lm = load_model(tiny_model_dir, HandlerSettings.from_env({}))
+    lm.model.config.sliding_window = 64  # full attention is exact within the window
+    assert sliding_window(lm.model) == 64
+    try:
+        engine_for(lm)
+        assert lm.context_length == 64
+    finally:
+        lm.engine.stop()
+    lm.model.config.use_sliding_window = False  # Qwen2 carries a window it does not use
+    assert sliding_window(lm.model) is None
