@@ -60,6 +60,9 @@ class Handle:
         self.rows = list(rows)
         self.deadline = deadline
         self.cancelled = False
+        # Engine iterations at which the request was taken in and got its first token (for TTFT checks).
+        self.arrived_at: int | None = None
+        self.first_token_at: int | None = None
         self._loop = loop
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
@@ -229,6 +232,8 @@ class Engine:
                 if self._stopping:
                     self._fail_all(ModelOverloaded("the endpoint is shutting down; retry"))
                     return
+                for waiting in self._inbox:
+                    waiting.handle.arrived_at = self.stats.iterations + 1  # the next iteration sees it
                 self._waiting.extend(self._inbox)
                 self._inbox.clear()
             try:
@@ -252,6 +257,8 @@ class Engine:
             events: dict[Handle, list[Delta]] = {}
             phase(events)
             for handle, step in events.items():
+                if handle.first_token_at is None:
+                    handle.first_token_at = self.stats.iterations
                 handle._put(step)
         for handle in {s.handle for s in self._finished}:
             if all(s.done for s in self._rows_of(handle)):

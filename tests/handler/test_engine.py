@@ -155,3 +155,16 @@ def test_a_sliding_window_model_is_served_within_its_window(tiny_model_dir) -> N
         lm.engine.stop()
     lm.model.config.use_sliding_window = False  # Qwen2 carries a window it does not use
     assert sliding_window(lm.model) is None
+
+
+def test_a_request_arriving_during_a_stream_gets_its_first_token_within_two_iterations(loaded, engine) -> None:
+    e = engine()
+    stream = e.submit([row(loaded, "The quick brown fox", "alpha", max_new_tokens=150, ignore_eos=True)])
+    steps = stream.steps()
+    for _ in range(5):
+        next(steps)
+    newcomer = e.submit([row(loaded, "Hello", "beta", max_new_tokens=5, ignore_eos=True)])
+    next(newcomer.steps())
+    assert newcomer.arrived_at is not None and newcomer.first_token_at is not None
+    assert newcomer.first_token_at - newcomer.arrived_at <= 1  # admitted and prefilled in the first iteration
+    steps.close()
