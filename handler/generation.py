@@ -1,10 +1,10 @@
-"""Batched token generation: many rows, each with its own adapter, sampling, seed, stops and limit.
+"""Token generation per row: rows, their deltas and results, text bookkeeping (incremental
+detokenisation, stop sequences), sampling, and routing rows to adapters - what ``engine`` runs each
+step. Each row is routed to its own adapter in the same forward pass, so no request touches shared
+adapter state.
 
-One decode loop over a left-padded batch with a KV cache. Each row is routed to its own adapter in
-the same forward pass (peft's ``adapter_names``), so no request touches shared adapter state. A row
-that finishes (EOS, stop sequence, its own ``max_new_tokens``, the time budget) leaves the batch:
-its cache rows are dropped, so it stops costing compute. ``decode`` is a generator of per-step
-deltas: closing it (a client that went away) stops generation at the next step.
+``decode`` / ``generate`` are a plain decode loop over one fixed, left-padded batch: the reference the
+engine's tokens are tested against (a row must get the same tokens in the engine as alone here).
 """
 
 from __future__ import annotations
@@ -285,7 +285,8 @@ def decode(
 def _adapter_routing(lm: LoadedModel, adapters: list[str | None]) -> Iterator[dict[str, Any]]:
     """Route rows to adapters. Mixed rows go through peft's ``adapter_names`` (one forward pass, each row
     its own adapter); when every row wants the same one, peft's plain path is faster. Callers hold
-    ``lm.lock``, so switching the active adapter here cannot leak into another request."""
+    ``lm.lock`` (the engine thread for each iteration), so switching the active adapter here cannot leak
+    into another forward pass."""
     if not lm.uses_peft:
         yield {}
     elif len(set(adapters)) > 1:
@@ -308,7 +309,8 @@ def _new_cache(lm: LoadedModel) -> Any:
 
 
 def generate(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = None) -> list[RowResult]:
-    """Run ``decode`` to the end and collect each row's result."""
+    """Run ``decode`` to the end and collect each row's result: the reference the engine's tokens are
+    tested against (the endpoint itself generates through ``engine``)."""
     results = [RowResult(prompt_tokens=len(r.prompt_ids)) for r in rows]
     with lm.lock:  # the engine thread takes it for each iteration
         steps = list(decode(lm, rows, deadline=deadline))
