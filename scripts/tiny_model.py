@@ -146,13 +146,16 @@ def build_lora_adapter(
     scale: float = 1.0,
     base_model_name_or_path: str | None = None,
     use_dora: bool = False,
+    rank_pattern: dict[str, int] | None = None,
+    alpha_pattern: dict[str, float] | None = None,
     portable: bool = True,
 ) -> Path:
     """Write a real peft LoRA adapter with seeded, non-zero weights for the model in ``base_dir``.
 
     peft initialises ``lora_B`` to zero (an adapter that changes nothing); ``init_lora_weights=False``
     makes both factors random, and ``scale`` multiplies ``lora_B`` so adapters differ visibly.
-    ``use_dora`` writes a DoRA adapter (with its magnitude vectors) instead.
+    ``use_dora`` writes a DoRA adapter (with its magnitude vectors) instead; ``rank_pattern`` /
+    ``alpha_pattern`` give some modules another rank / alpha (peft's regex keys).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -171,6 +174,8 @@ def build_lora_adapter(
         init_lora_weights=False,
         task_type="CAUSAL_LM",
         use_dora=use_dora,
+        rank_pattern=dict(rank_pattern or {}),
+        alpha_pattern=dict(alpha_pattern or {}),
     )
     model = get_peft_model(base, peft_config)
     with torch.no_grad():
