@@ -1,10 +1,10 @@
 """Batched token generation: many rows, each with its own adapter, sampling, seed, stops and limit.
 
 One decode loop over a left-padded batch with a KV cache. Each row is routed to its own adapter in
-the same forward pass (peft's ``adapter_names``), so no request touches shared adapter state. A row
-that finishes (EOS, stop sequence, its own ``max_new_tokens``, the time budget) leaves the batch:
-its cache rows are dropped, so it stops costing compute. ``decode`` is a generator of per-step
-deltas: closing it (a client that went away) stops generation at the next step.
+the same forward pass (``lora_batch``; peft's ``adapter_names`` where it cannot), so no request touches
+shared adapter state. A row that finishes (EOS, stop sequence, its own ``max_new_tokens``, the time
+budget) leaves the batch: its cache rows are dropped, so it stops costing compute. ``decode`` is a
+generator of per-step deltas: closing it (a client that went away) stops generation at the next step.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import lora_batch
 from .loading import BASE_ADAPTER_NAME, LoadedModel
 from .schema import SamplingParams
 
@@ -283,11 +284,18 @@ def decode(
 
 @contextlib.contextmanager
 def _adapter_routing(lm: LoadedModel, adapters: list[str | None]) -> Iterator[dict[str, Any]]:
-    """Route rows to adapters. Mixed rows go through peft's ``adapter_names`` (one forward pass, each row
-    its own adapter); when every row wants the same one, peft's plain path is faster. Callers hold
-    ``lm.lock``, so switching the active adapter here cannot leak into another request."""
+    """Route rows to adapters: through the batched LoRA path (one delta per layer for all rows, whatever
+    their adapters; base rows skip it), else peft's (``adapter_names`` for mixed rows, its plain path for a
+    uniform batch). The batched path is also faster than peft's for uniform batches (scripts/bench_lora.py:
+    peft's disable_adapter() and per-layer checks cost more than the delta). Callers hold ``lm.lock``, so
+    switching the active adapter here cannot leak into another request."""
     if not lm.uses_peft:
         yield {}
+        return
+    batched = lora_batch.for_model(lm.model, sorted(lm.adapters))
+    if batched.supported:
+        with batched.routing(adapters):
+            yield {}
     elif len(set(adapters)) > 1:
         yield {"adapter_names": [name or BASE_ADAPTER_NAME for name in adapters]}
     elif adapters[0] is None:
