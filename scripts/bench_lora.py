@@ -35,17 +35,8 @@ if str(ROOT) not in sys.path:
 from handler.config import HandlerSettings  # noqa: E402
 from handler.loading import BASE_ADAPTER_NAME, LoadedModel, load_model  # noqa: E402
 from handler.lora_batch import BatchedLora  # noqa: E402
-from scripts.tiny_model import TinyModelConfig, build_lora_adapter, build_tiny_model  # noqa: E402
+from scripts.tiny_model import BENCH_CONFIG, TinyModelConfig, build_lora_adapter, build_tiny_model  # noqa: E402
 
-FULL = TinyModelConfig(
-    hidden_size=512,
-    intermediate_size=1408,
-    num_hidden_layers=6,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    max_position_embeddings=1024,
-    initializer_range=0.02,
-)
 QUICK = TinyModelConfig(hidden_size=64, intermediate_size=128, max_position_embeddings=512, initializer_range=0.02)
 ADAPTERS = ("a0", "a1", "a2", "a3")
 VARIANTS = {
@@ -201,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = HandlerSettings(device=args.device, dtype=args.dtype)
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
-        lm = load_model(build(Path(tmp), QUICK if args.quick else FULL, args.rank), settings)
+        lm = load_model(build(Path(tmp), QUICK if args.quick else BENCH_CONFIG, args.rank), settings)
         params = sum(p.numel() for n, p in lm.model.named_parameters() if "lora_" not in n)
         figures = measure(lm, args)
     print(

@@ -50,6 +50,19 @@ class TinyModelConfig:
     """e.g. ``{"rope_type": "llama3", "factor": 8.0, ...}``; None is plain RoPE."""
 
 
+# The ~20M-parameter Llama the benchmarks use: hidden 512, 6 layers, head dim 64 (vLLM's CPU attention
+# rejects 16), big enough that matrix work dominates Python overhead on a 2-core CPU.
+BENCH_CONFIG = TinyModelConfig(
+    hidden_size=512,
+    intermediate_size=1408,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    max_position_embeddings=1024,
+    initializer_range=0.02,
+)
+
+
 def build_tokenizer(corpus: Iterable[str] = (DEFAULT_CORPUS,), vocab_size: int = 384) -> Any:
     """Train a byte-level BPE tokenizer in code and wrap it as a ``PreTrainedTokenizerFast``.
 

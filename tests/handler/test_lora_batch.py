@@ -237,12 +237,18 @@ def test_for_model_builds_again_when_an_adapter_is_reloaded(four_dir, tmp_path) 
     assert not torch.allclose(before[0], got[0])
 
 
-def test_weights_written_in_place_are_picked_up_and_non_finite_ones_turn_the_path_off(tiny_model_dir) -> None:
+def _two_adapters(base: Path, second: str):  # type: ignore[no-untyped-def]
+    """A peft model with adapters ``default`` and ``second`` (r=2 on q/v, random factors)."""
     from peft import LoraConfig
 
+    model = _peft_model(base)
+    model.add_adapter(second, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    return model
+
+
+def test_weights_written_in_place_are_picked_up_and_non_finite_ones_turn_the_path_off(tiny_model_dir) -> None:
     # GIVEN two adapters on the batched path
-    model = _peft_model(tiny_model_dir / "base")
-    model.add_adapter("other", LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = _two_adapters(tiny_model_dir / "base", "other")
     batched = BatchedLora(model, ["default", "other"])
     ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
     adapters = ["default", "other"]
@@ -269,11 +275,8 @@ def test_weights_written_in_place_are_picked_up_and_non_finite_ones_turn_the_pat
 
 
 def test_an_overflow_in_one_adapters_columns_does_not_reach_other_rows(tiny_model_dir) -> None:
-    from peft import LoraConfig
-
     # GIVEN an adapter whose shrink overflows to infinity for any input, next to a sane one
-    model = _peft_model(tiny_model_dir / "base")
-    model.add_adapter("huge", LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = _two_adapters(tiny_model_dir / "base", "huge")
     with torch.no_grad():
         for module in model.modules():
             if hasattr(module, "lora_A") and "huge" in module.lora_A:
