@@ -50,6 +50,19 @@ class TinyModelConfig:
     """e.g. ``{"rope_type": "llama3", "factor": 8.0, ...}``; None is plain RoPE."""
 
 
+# The ~20M-parameter Llama the benchmarks use: hidden 512, 6 layers, head dim 64 (vLLM's CPU attention
+# rejects 16), big enough that matrix work dominates Python overhead on a 2-core CPU.
+BENCH_CONFIG = TinyModelConfig(
+    hidden_size=512,
+    intermediate_size=1408,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    max_position_embeddings=1024,
+    initializer_range=0.02,
+)
+
+
 def build_tokenizer(corpus: Iterable[str] = (DEFAULT_CORPUS,), vocab_size: int = 384) -> Any:
     """Train a byte-level BPE tokenizer in code and wrap it as a ``PreTrainedTokenizerFast``.
 
@@ -146,13 +159,16 @@ def build_lora_adapter(
     scale: float = 1.0,
     base_model_name_or_path: str | None = None,
     use_dora: bool = False,
+    rank_pattern: dict[str, int] | None = None,
+    alpha_pattern: dict[str, float] | None = None,
     portable: bool = True,
 ) -> Path:
     """Write a real peft LoRA adapter with seeded, non-zero weights for the model in ``base_dir``.
 
     peft initialises ``lora_B`` to zero (an adapter that changes nothing); ``init_lora_weights=False``
     makes both factors random, and ``scale`` multiplies ``lora_B`` so adapters differ visibly.
-    ``use_dora`` writes a DoRA adapter (with its magnitude vectors) instead.
+    ``use_dora`` writes a DoRA adapter (with its magnitude vectors) instead; ``rank_pattern`` /
+    ``alpha_pattern`` give some modules another rank / alpha (peft's regex keys).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -171,6 +187,8 @@ def build_lora_adapter(
         init_lora_weights=False,
         task_type="CAUSAL_LM",
         use_dora=use_dora,
+        rank_pattern=dict(rank_pattern or {}),
+        alpha_pattern=dict(alpha_pattern or {}),
     )
     model = get_peft_model(base, peft_config)
     with torch.no_grad():
