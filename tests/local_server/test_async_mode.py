@@ -1,6 +1,6 @@
 """The local endpoint in DJL's async mode over HTTP: every request one ``await handle()`` on the server's
 loop, streams as they come, disconnects that close the generator (and drop the engine's rows), error
-records through every route, the init call and the drain."""
+records through every route, the init call, the drain, and the packages lora-package builds."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -250,3 +251,28 @@ def test_a_disconnect_from_a_real_stream_makes_the_engine_drop_its_rows(server) 
     finally:
         del engine._forward
 
+
+def test_lora_package_builds_run_in_their_mode(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from handler import entry
+    from model_package import BuildOptions, build
+    from scripts.local_server.package import ServedModel, resolve
+
+    adapters = (("alpha", tiny_model_dir / "adapters" / "alpha"),)
+    for mode, handle in (("async", entry.handle), ("sync", entry.handle_sync)):
+        built = build(BuildOptions(base_model=str(tiny_model_dir / "base"), output=tmp_path / mode, format="dir",
+                                   adapters=adapters, djl_mode=mode, progress=False))
+        spec = resolve(built.path)
+        served = ServedModel.from_spec(spec)
+        assert (served.mode, served.handle, spec.batch_size) == (mode, handle, 1)
+    # the async package, served: the generate answer comes from the engine
+    saved, entry._runtime = entry._runtime, entry._Runtime()
+    running = start(create_app(ServedModel.from_spec(resolve(tmp_path / "async"))))
+    try:
+        response = httpx.post(running.url + "/invocations", timeout=60,
+                              json={"inputs": "Hello", "adapters": "alpha", "parameters": {"max_new_tokens": 3}})
+        assert response.status_code == 200 and response.json()["details"]["generated_tokens"] == 3
+        stats = httpx.get(running.url + "/local/stats").json()
+        assert stats["mode"] == "async" and stats["engine"]["admitted"] >= 1
+    finally:
+        running.stop()
+        entry._runtime = saved
