@@ -197,29 +197,6 @@ def test_shutdown_answers_requests_in_flight(fake) -> None:
     assert result["response"].json() == {"ok": True, "inputs": "a"}
 
 
-def test_past_the_drain_time_waiting_requests_get_json_503_and_streams_an_error_record(fake) -> None:
-    _, running = fake  # drain time 1 s; the gate never opens, the stream would run 30 s
-    results: dict[str, httpx.Response] = {}
-
-    def post(key: str, body: dict[str, Any], headers: dict[str, str]) -> None:
-        results[key] = httpx.post(running.url + "/invocations", json=body, headers=headers, timeout=30)
-
-    threads = [threading.Thread(target=post, args=("stream", {"stream": True}, {})),
-               threading.Thread(target=post, args=("waiting", {"inputs": "x"},
-                                                   {"X-Amzn-SageMaker-Custom-Attributes": "wait=1"}))]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.3)
-    running.stop()
-    for thread in threads:
-        thread.join(30)
-    waiting = results["waiting"]
-    assert waiting.status_code == 503 and waiting.json()["type"] == "service_unavailable"
-    assert waiting.headers["retry-after"]
-    last = json.loads(results["stream"].text.splitlines()[-1])
-    assert last["error"]["type"] == "service_unavailable"
-
-
 def test_a_disconnect_from_a_real_stream_makes_the_engine_drop_its_rows(server) -> None:
     from handler import entry
 
