@@ -24,8 +24,8 @@ from handler.errors import HandlerError, error_body
 from handler.media import JSON, check_content_type
 
 from .djl_io import Answer
-from .endpoint import EndpointState, NotReady, wants_stream
-from .streaming import ClosingStreamingResponse, pump_answer
+from .endpoint import ClosingStreamingResponse, EndpointState, NotReady, wants_stream
+from .streaming import pump_answer
 
 # Local routes may stream; the deployed models refuse ``stream: true``.
 LOCAL_SCHEMAS: dict[str, dict[str, Any]] = request_schemas(streaming=True)

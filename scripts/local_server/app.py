@@ -28,10 +28,10 @@ from handler.errors import error_body, internal_error_body
 from . import DEFAULT_ENDPOINT_NAME, api_routes, runtime_api
 from .async_frontend import AsyncFrontend
 from .batcher import Batcher
-from .endpoint import EndpointState, Frontend, NotReady, wants_stream
+from .endpoint import ClosingStreamingResponse, EndpointState, Frontend, NotReady, wants_stream
 from .limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimits
 from .package import ServedModel
-from .streaming import ClosingStreamingResponse, pump_answer
+from .streaming import pump_answer
 
 # Error types for the statuses the routing layer answers by itself.
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request", 413: "payload_too_large"}

@@ -20,15 +20,29 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fastapi.responses import StreamingResponse
+
 from handler.body import parse_json
 from handler.errors import HandlerError, ServiceUnavailable
 
 from . import DEFAULT_ENDPOINT_NAME, DEFAULT_VARIANT
 from .djl_io import JSON, Answer, Call
 from .package import ServedModel
-from .streaming import pump_answer
+from .streaming import close_stream, pump_answer
 
 RETRY_AFTER_S = 5
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Starlette's streaming response, closing its body when the response ends in any way. Starlette
+    cancels the writer when the client disconnects and may leave the body iterator suspended; closing
+    it here is what stops the handler's generation at once."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await close_stream(self.body_iterator)
 
 
 class NotReady(Exception):

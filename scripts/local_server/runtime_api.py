@@ -20,8 +20,8 @@ from fastapi.responses import Response
 
 from . import eventstream
 from .djl_io import CUSTOM_ATTRIBUTES, Answer
-from .endpoint import EndpointState, NotReady
-from .streaming import ClosingStreamingResponse, StreamExpired, StreamFailed, close_stream, guarded
+from .endpoint import ClosingStreamingResponse, EndpointState, NotReady
+from .streaming import StreamExpired, StreamFailed, close_stream, guarded
 
 ACCOUNT = "000000000000"
 REGION = "local"

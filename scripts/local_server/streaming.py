@@ -8,7 +8,7 @@ until it ends, fails or the shutdown's drain time is up, and closes it when the 
 client went away - which ends generation: the pump closes the handler's generator, the async generator
 is closed and the engine drops its rows. A failure after the first byte ends the body with an error
 record in its own format (the handler's ``error_record``): the status is sent already, so the body
-must say it. ``ClosingStreamingResponse`` closes its body however the response ends.
+must say it. Plain asyncio only (no web framework): the compat tier drives streams without one.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
-
-import anyio
-from fastapi.responses import StreamingResponse
 
 from handler.errors import GenerationFailed, ServiceUnavailable
 from handler.streaming import error_record
@@ -39,14 +36,26 @@ class StreamExpired(Exception):
     """The endpoint is shutting down and the drain time for this stream is up."""
 
 
+def _quietly(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a close that failed is nobody's to report
+
+
+async def _shielded(awaitable: Any) -> None:
+    """Run ``awaitable`` to its end in a task of its own: a reader that is being cancelled (a client
+    that went away; Starlette cancels it again at every await) stops waiting, the task goes on."""
+    task = asyncio.ensure_future(awaitable)
+    task.add_done_callback(_quietly)
+    with contextlib.suppress(Exception):
+        await asyncio.shield(task)
+
+
 async def close_stream(stream: Any) -> None:
-    """Close an async iterator, shielded: it runs while the reader is being cancelled (a disconnect),
-    and the close is what tells the handler to stop."""
+    """Close an async iterator, also while its reader is being cancelled: the close is what tells the
+    handler to stop."""
     close = getattr(stream, "aclose", None)
-    if close is None:
-        return
-    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-        await close()
+    if close is not None:
+        await _shielded(close())
 
 
 async def pump(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -88,11 +97,6 @@ async def pump(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         stop.set()
 
 
-async def _settled(task: asyncio.Future[Any]) -> None:
-    with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
-        await task
-
-
 async def guarded(stream: AsyncIterator[bytes], expired: asyncio.Event | None = None) -> AsyncIterator[bytes]:
     """``stream``'s chunks until it ends; raises ``StreamFailed`` when it raises and ``StreamExpired`` once
     ``expired`` is set. Closing this (or cancelling its reader) closes ``stream``."""
@@ -106,7 +110,7 @@ async def guarded(stream: AsyncIterator[bytes], expired: asyncio.Event | None = 
             finally:
                 if not step.done():  # cancelled (the client went away) or expired: stop the producer
                     step.cancel()
-                    await _settled(step)
+                    await _shielded(asyncio.wait([step]))
             if step not in done:
                 raise StreamExpired()
             try:
@@ -137,15 +141,3 @@ async def pump_answer(answer: Answer, expired: asyncio.Event | None = None) -> A
         yield error_record(ServiceUnavailable("the endpoint is shutting down; retry"), answer.content_type)
     finally:
         await close_stream(chunks)
-
-
-class ClosingStreamingResponse(StreamingResponse):
-    """Starlette's streaming response, closing its body when the response ends in any way. Starlette
-    cancels the writer when the client disconnects and may leave the body iterator suspended; closing
-    it here is what stops the handler's generation at once."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await close_stream(self.body_iterator)
