@@ -78,6 +78,7 @@ def _base_section(options: BuildOptions, base: BaseModel | None, merged: Adapter
 def _serving_section(options: BuildOptions) -> dict[str, Any]:
     return {
         "dtype": options.dtype,
+        "djl_mode": options.djl_mode,
         "batch_size": options.batch_size,
         "max_batch_delay_ms": options.max_batch_delay_ms,
         "max_new_tokens": options.max_new_tokens,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from handler.adapters import AdapterError
 from handler.config import DTYPES, SettingsError
-from model_package.config import ARCHIVE_NAME, BuildOptions, PackageError, parse_s3_uri
+from model_package.config import ARCHIVE_NAME, DJL_MODES, BuildOptions, PackageError, parse_s3_uri
 from model_package.extract import safe_extract
 from model_package.limits import MAX_BYTES_HELP, MAX_MEMBERS_HELP, Limits, count_arg, size_arg
 
@@ -113,10 +113,18 @@ def parser() -> argparse.ArgumentParser:
     serving = build.add_argument_group("serving options (written to serving.properties)")
     serving.add_argument("--dtype", choices=DTYPES, default="auto",
                          help="weights dtype on the endpoint (option.dtype; default auto: the base's own)")
-    serving.add_argument("--batch-size", type=int, default=1, metavar="N",
-                         help="requests DJL gathers into one handler call (batch_size; default 1)")
-    serving.add_argument("--max-batch-delay", type=int, default=100, metavar="MS",
-                         help="milliseconds DJL waits to fill a batch (max_batch_delay; default 100)")
+    serving.add_argument("--djl-mode", choices=DJL_MODES, default="async",
+                         help="DJL Serving's Python engine mode. async (default; option.async_mode=true): every "
+                              "request is its own call of the async handle and the handler's engine batches them "
+                              "continuously - use it with LMI images >= 0.33. sync (option.async_mode=false, "
+                              "option.handler=handle_sync): one call per DJL batch (--batch-size, --max-batch-delay) "
+                              "- for LMI setups without async mode, or that need DJL's own batching")
+    serving.add_argument("--batch-size", type=int, default=None, metavar="N",
+                         help="--djl-mode sync only: requests DJL gathers into one handler call (batch_size; "
+                              "default 1)")
+    serving.add_argument("--max-batch-delay", type=int, default=None, metavar="MS",
+                         help="--djl-mode sync only: milliseconds DJL waits to fill a batch (max_batch_delay; "
+                              "default 100)")
     serving.add_argument("--max-new-tokens", type=int, default=1024, metavar="N",
                          help="server-side cap on generated tokens per request (option.max_new_tokens; "
                               "default 1024)")
@@ -158,6 +166,7 @@ def _build(args: argparse.Namespace) -> int:
         format=args.format,
         merge=args.merge,
         dtype=args.dtype,
+        djl_mode=args.djl_mode,
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay,
         max_new_tokens=args.max_new_tokens,

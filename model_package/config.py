@@ -9,6 +9,9 @@ from pathlib import Path
 from handler.config import DTYPES
 
 FORMATS = ("tar", "dir")
+# DJL Serving's Python engine modes (option.async_mode): see layout.serving_properties.
+DJL_MODES = ("async", "sync")
+SYNC_BATCH_SIZE, SYNC_MAX_BATCH_DELAY_MS = 1, 100  # what a sync package gets when the build sets neither
 ARCHIVE_NAME = "model.tar.gz"
 # What an S3 URI must look like: bucket (3-63 chars, DNS-style) and an optional prefix.
 S3_URI_RE = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
@@ -30,8 +33,13 @@ class BuildOptions:
     format: str = "tar"
     merge: bool = False
     dtype: str = "auto"
-    batch_size: int = 1
-    max_batch_delay_ms: int = 100
+    djl_mode: str = "async"
+    """``async``: one ``async def handle`` call per request, the engine batches them (the default);
+    ``sync``: ``handle_sync`` with DJL's dynamic batching (``batch_size``, ``max_batch_delay_ms``)."""
+    batch_size: int | None = None
+    """Sync mode only (default 1); in async mode DJL's batching would break requests, so it is refused."""
+    max_batch_delay_ms: int | None = None
+    """Sync mode only (default 100)."""
     max_new_tokens: int = 1024
     tensor_parallel_degree: int = 1
     max_lora_rank: int = 64
@@ -51,6 +59,16 @@ class BuildOptions:
             raise PackageError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.dtype not in DTYPES:
             raise PackageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.djl_mode not in DJL_MODES:
+            raise PackageError(f"--djl-mode must be one of {', '.join(DJL_MODES)}, got {self.djl_mode!r}")
+        if self.djl_mode == "async" and (self.batch_size is not None or self.max_batch_delay_ms is not None):
+            raise PackageError("--batch-size and --max-batch-delay are DJL sync-mode settings: add --djl-mode sync, "
+                               "or leave them out (in async mode every request is its own handle() call, the engine "
+                               "batches them, and a DJL batch_size above 1 would fail batched requests)")
+        if self.djl_mode == "sync":  # fill in DJL's defaults, so the manifest records what was written
+            object.__setattr__(self, "batch_size", SYNC_BATCH_SIZE if self.batch_size is None else self.batch_size)
+            object.__setattr__(self, "max_batch_delay_ms",
+                               SYNC_MAX_BATCH_DELAY_MS if self.max_batch_delay_ms is None else self.max_batch_delay_ms)
         bounds = {
             "batch_size": (self.batch_size, 1, 1024, "--batch-size"),
             "max_batch_delay_ms": (self.max_batch_delay_ms, 0, 60_000, "--max-batch-delay"),
@@ -61,6 +79,8 @@ class BuildOptions:
             "workers": (self.workers, 0, 256, "--workers"),
         }
         for value, low, high, flag in bounds.values():
+            if value is None:  # a sync-only setting in async mode
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise PackageError(f"{flag} must be an integer in {low}..{high}, got {value!r}")
         if self.merge and len(self.adapters) != 1:

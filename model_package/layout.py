@@ -2,7 +2,7 @@
 
 ```
 model.py              DJL entry: makes handler/ importable, exposes handle + register_adapter
-serving.properties    engine=Python, custom entry point, no rolling batch, no async mode, options
+serving.properties    engine=Python, custom entry point, no rolling batch, DJL's async mode (or sync), options
 requirements.txt      for LMI (comment only: the image ships torch / transformers / peft)
 code/inference.py     SageMaker inference toolkit entry (model_fn / input_fn / predict_fn / output_fn)
 code/requirements.txt
@@ -97,18 +97,28 @@ def handler_options(options: BuildOptions, base_reference: str | None) -> dict[s
 
 
 def serving_properties(options: BuildOptions, base_reference: str | None) -> str:
-    """``serving.properties`` pinning the custom synchronous handler and our settings."""
+    """``serving.properties`` pinning our entry point, DJL's mode and our settings.
+
+    Async mode (the default): ``option.async_mode=true`` and no ``option.handler``, so DJL's async engine
+    awaits ``handle`` once per request; no ``batch_size`` / ``max_batch_delay``, since DJL would still
+    gather requests into batches in front of the async engine and then fail every batched request (its
+    ``PyPredictor`` expects one output per request), and at batch size 1 the delay is never waited. Sync
+    mode: ``option.async_mode=false``, ``option.handler=handle_sync`` and DJL's dynamic batching. Both pin
+    ``option.rolling_batch=disable``: LMI's rolling batch would take the requests away from our handler,
+    and ``auto`` turns async mode on by itself on recent images.
+    """
     lines = [
         "# Written by model_package. DJL / LMI settings, then the handler's (HandlerSettings fields).",
         "engine=Python",
-        f"batch_size={options.batch_size}",
-        f"max_batch_delay={options.max_batch_delay_ms}",
     ]
+    mode: dict[str, str] = {"async_mode": "true"}
+    if options.djl_mode == "sync":
+        lines += [f"batch_size={options.batch_size}", f"max_batch_delay={options.max_batch_delay_ms}"]
+        mode = {"async_mode": "false", "handler": "handle_sync"}
     lmi = {
         "entryPoint": "model.py",
         "rolling_batch": "disable",
-        "async_mode": "false",
-        "handler": "handle_sync",
+        **mode,
         "tensor_parallel_degree": str(options.tensor_parallel_degree),
         "max_lora_rank": str(options.max_lora_rank),
     }

@@ -5,8 +5,11 @@ to four mutations each: a leaf replaced by a nasty value (lone surrogates, 5000-
 NaN, huge strings, wrong types, deep nesting), keys added (typos, the TGI/vLLM vocabulary, surrogate
 names), keys removed, or the raw bytes broken (invalid UTF-8, truncation, garbage). Headers vary too:
 Content-Type, Accept and the adapter header. Each case is checked: status below 500, an error body that
-is JSON with the status's own ``code`` and a ``type``, a stream that parses line by line and does not
-end in an error record, and the endpoint still alive afterwards. Case N of seed S is always the same.
+is JSON with the status's own ``code`` and a ``type`` (in DJL's async mode ``{"code", "error": "<type>:
+..."}``), a stream that parses line by line and does not end in an error record, and the endpoint still
+alive afterwards. The handler target runs ``handle_sync`` (alone and in DJL batches) and the async
+``handle`` read as DJL's async frontend reads it; the routes target serves the model in async mode, as
+packages are. Case N of seed S is always the same.
 
     python scripts/fuzz.py --cases 20000 --seed 1                 # the large run (handler + routes)
     python scripts/fuzz.py --cases 2000 --target handler --batch 8
@@ -18,10 +21,12 @@ Exit codes: 0 no failures, 1 failures (each printed with its case number), 2 bad
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import logging
 import random
+import re
 import sys
 import tempfile
 import time
@@ -70,6 +75,8 @@ CONTENT_TYPES = [None, "application/json", "application/json; charset=utf-8", "t
 ACCEPTS = [None, "application/json", "*/*", "text/event-stream", "application/jsonlines", "garbage", "text/html",
            "application/json;q=0", ""]
 ADAPTER_HEADERS = [None, None, None, "alpha", "beta", "base", "nope", "x" * 300]
+# DJL's async frontend writes error bodies itself: {"code": N, "error": "<machine type>: <message>"}
+ASYNC_ERROR = re.compile(r"[a-z][a-z_]*: ")
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,10 @@ def problem_with(status: int, content_type: str, body: bytes) -> str | None:
         if isinstance(data, dict) and isinstance(data.get("OriginalStatusCode"), int) and \
                 data["OriginalStatusCode"] >= 500:
             return f"ModelError from a container {data['OriginalStatusCode']}: {body[:200]!r}"
+        if isinstance(data, dict) and set(data) == {"code", "error"} and isinstance(data["error"], str):
+            if not ASYNC_ERROR.match(data["error"]):
+                return f"status {status}: async error without a type: {body[:200]!r}"
+            return None if data["code"] == status else f"status {status}: error body says code {data['code']}"
         code = data.get("code", data.get("OriginalStatusCode")) if isinstance(data, dict) else None
         if not isinstance(data, dict) or ("type" not in data and "OriginalMessage" not in data):
             return f"status {status}: error body without a type: {body[:200]!r}"
@@ -234,6 +245,28 @@ def run_handler(all_cases: list[Case], model_dir: Path, report: Report, batch: i
             failed = isinstance(item, dict) and "type" in item and isinstance(item.get("code"), int)
             status = item["code"] if failed else 200
             report.check(case, "handle-batch", status, "application/json", body)
+
+
+def run_handler_async(all_cases: list[Case], model_dir: Path, report: Report) -> None:
+    """Every case through the async ``handle()`` (DJL async mode), answered as DJL's frontend answers."""
+    from handler import entry
+    from scripts.local_server import async_frontend
+    from scripts.local_server.djl_io import Call
+    from scripts.local_server.package import ServedModel
+    from scripts.local_server.streaming import pump_answer
+
+    entry._runtime = entry._Runtime()
+    served = ServedModel(str(model_dir), entry.handle, {"model_dir": str(model_dir), **SETTINGS}, async_mode=True)
+
+    async def run() -> None:
+        await served.aload()
+        for case in all_cases:
+            answer = await async_frontend.answer(served, Call.from_http(case.headers, case.body,
+                                                                        model_dir=str(model_dir)))
+            body = answer.body if answer.stream is None else b"".join([c async for c in pump_answer(answer)])
+            report.check(case, "handle-async", answer.status, answer.content_type, body)
+
+    asyncio.run(run())
 
 
 ROUTES = ("/invocations", "/predict", "/rag", "/v1/chat/completions", "/endpoints/lora-local/invocations",
@@ -295,7 +328,7 @@ def serve(model_dir: Path) -> tuple[str, Callable[[], None]]:
     entry._runtime = entry._Runtime()
     served = ServedModel.from_spec(resolve(model_dir))
     served.init_properties.update(SETTINGS)
-    app = create_app(served, batch_size=4, max_batch_delay_ms=5)
+    app = create_app(served)  # a plain model dir: async mode, as packages are served
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -323,6 +356,7 @@ def serve(model_dir: Path) -> tuple[str, Callable[[], None]]:
 
 def fuzz(count: int, seed: int, target: str, batch: int, work: Path) -> tuple[Report, float]:
     """Run ``count`` cases against ``target`` (handler, routes or both); the report and the seconds taken."""
+    from handler import entry
     from scripts.local_server.djl_io import ensure_djl_python
 
     ensure_djl_python()
@@ -330,16 +364,21 @@ def fuzz(count: int, seed: int, target: str, batch: int, work: Path) -> tuple[Re
     model_dir = build_model(work)
     report = Report()
     all_cases = list(cases(count, seed))
-    if target in ("handler", "both"):
-        run_handler(all_cases, model_dir, report, batch=1)
-        if batch > 1:
-            run_handler(all_cases, model_dir, report, batch=batch)
-    if target in ("routes", "both"):
-        url, stop = serve(model_dir)
-        try:
-            run_routes(all_cases, url, report, random.Random(seed))
-        finally:
-            stop()
+    saved = entry._runtime  # each target loads the model with the fuzz settings into a runtime of its own
+    try:
+        if target in ("handler", "both"):
+            run_handler(all_cases, model_dir, report, batch=1)
+            if batch > 1:
+                run_handler(all_cases, model_dir, report, batch=batch)
+            run_handler_async(all_cases, model_dir, report)
+        if target in ("routes", "both"):
+            url, stop = serve(model_dir)
+            try:
+                run_routes(all_cases, url, report, random.Random(seed))
+            finally:
+                stop()
+    finally:
+        entry._runtime = saved
     return report, time.monotonic() - started
 
 
@@ -363,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=2000, help="number of cases (default 2000)")
     parser.add_argument("--seed", type=int, default=1, help="seed; case N of seed S is always the same (default 1)")
     parser.add_argument("--target", choices=("handler", "routes", "both"), default="both",
-                        help="handle() in-process, the local endpoint's routes over HTTP, or both (default)")
+                        help="handle_sync() and the async handle() in-process, the local endpoint's routes over "
+                             "HTTP (async mode), or both (default)")
     parser.add_argument("--batch", type=int, default=8,
                         help="also run the handler cases as DJL batches of this many (1 = off; default 8)")
     parser.add_argument("--record", action="store_true", help=f"write the counts to {DOC.relative_to(ROOT)}")

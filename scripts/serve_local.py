@@ -1,10 +1,13 @@
 """Serve a model package on localhost through the same model.py / handle() path the container uses.
 
-    serve_local.py PACKAGE [--host 127.0.0.1] [--port 8080] [--batch-size N] [--max-batch-delay-ms M]
+    serve_local.py PACKAGE [--host 127.0.0.1] [--port 8080] [--djl-mode async|sync] [--batch-size N]
 
 PACKAGE is a ``model.tar.gz``, an extracted package dir, or a plain model dir (``base/`` +
-``adapters/``). An archive or dir with ``manifest.json`` is checked against it before any of its code
-runs; code without one is refused unless ``--allow-no-manifest``. Routes: the container contract
+``adapters/``). The package's ``serving.properties`` picks DJL's mode as the container does:
+``option.async_mode=true`` (what ``lora-package build`` writes) awaits the async ``handle`` once per
+request; otherwise the sync ``handle`` gets DJL batches from an in-process batcher. An archive or dir
+with ``manifest.json`` is checked against it before any of its code runs; code without one is refused
+unless ``--allow-no-manifest``. Routes: the container contract
 (``GET /ping``, ``POST /invocations``), the SageMaker runtime API (boto3 with
 ``endpoint_url=http://127.0.0.1:PORT``), the API Gateway routes (``/predict``, ``/rag``,
 ``/v1/chat/completions``, ``/health``, ``/model/info``) and ``/docs``.
@@ -13,12 +16,14 @@ runs; code without one is refused unless ``--allow-no-manifest``. Routes: the co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a file: the repository's packages come first
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,6 +31,9 @@ if __package__ in (None, ""):  # run as a file: the repository's packages come f
 from model_package.limits import MAX_BYTES_HELP, MAX_MEMBERS_HELP, Limits, count_arg, size_arg
 from scripts.local_server import DEFAULT_ENDPOINT_NAME
 from scripts.local_server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from scripts.local_server.package import PackageSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # uvicorn's own grace period ends after the endpoint's drain time, so the 503s and error records of
@@ -45,19 +53,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="lora-serve-local",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Batching defaults come from the package's serving.properties (batch_size, max_batch_delay); "
-               "a plain model dir batches up to 8 requests within 50 ms. Stop with Ctrl-C: in-flight requests "
-               "are answered first.",
+        epilog="DJL's mode comes from the package's serving.properties (option.async_mode); a plain model dir is "
+               "served in async mode unless --djl-mode sync. Sync-mode batching defaults come from serving.properties "
+               "(batch_size, max_batch_delay); a plain model dir in sync mode batches up to 8 requests within "
+               "50 ms. Stop with Ctrl-C: in-flight requests are answered first.",
     )
     parser.add_argument("package", help="model.tar.gz, extracted package dir, or plain model dir")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080, the container's)")
     parser.add_argument("--endpoint-name", default=DEFAULT_ENDPOINT_NAME,
                         help=f"name the runtime API answers to (default: {DEFAULT_ENDPOINT_NAME})")
+    parser.add_argument("--djl-mode", choices=("async", "sync"), default=None,
+                        help="for a plain model dir (no serving.properties): async (default; the repository's "
+                             "async handle, one call per request) or sync (handle_sync and the batcher); a "
+                             "package's serving.properties decides its mode itself")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="most requests per handle() call (default: serving.properties batch_size)")
+                        help="sync mode: most requests per handle() call (default: serving.properties batch_size)")
     parser.add_argument("--max-batch-delay-ms", type=int, default=None,
-                        help="ms to wait for a batch to fill (default: serving.properties max_batch_delay)")
+                        help="sync mode: ms to wait for a batch to fill (default: serving.properties max_batch_delay)")
     parser.add_argument("--drain-timeout", type=float, default=60.0,
                         help="seconds in-flight requests get at shutdown (SIGTERM or Ctrl-C); after that, waiting "
                              "requests get a JSON 503 and streams end with an error record (default: 60)")
@@ -93,6 +106,19 @@ def _remove(temp_dir: Path | None) -> None:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _mode_problem(args: argparse.Namespace, spec: PackageSpec) -> str | None:
+    """What is wrong with the mode options for this package, if anything."""
+    if args.djl_mode is not None and not spec.plain:
+        return (f"--djl-mode applies to a plain model dir; {spec.model_dir} has a serving.properties, whose "
+                "option.async_mode decides (as in the container)")
+    async_mode = spec.async_mode if args.djl_mode is None else args.djl_mode == "async"
+    if async_mode and (args.batch_size is not None or args.max_batch_delay_ms is not None):
+        return ("--batch-size and --max-batch-delay-ms are sync-mode settings; this package is served in DJL's async "
+                "mode, where every request is its own handle() call and the engine batches them"
+                + (" (add --djl-mode sync to batch a plain model dir)" if spec.plain else ""))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -110,9 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # PackageError: a refused archive or manifest; OSError: the disk
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    problem = _mode_problem(args, spec)
+    if problem:
+        _remove(spec.temp_dir)
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.djl_mode is not None:
+        spec = dataclasses.replace(spec, async_mode=args.djl_mode == "async")
+    try:
+        served = ServedModel.from_spec(spec)  # model.py is imported here
+    except PackageError as err:  # no handle, or one that does not match the DJL mode
+        _remove(spec.temp_dir)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     failures: list[BaseException] = []
     try:
-        served = ServedModel.from_spec(spec)
         server: DrainingServer | None = None
 
         def load_failed(err: BaseException) -> None:
@@ -137,12 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # uvicorn handles SIGTERM like Ctrl-C, then raises it again once it has stopped: without a handler
         # of ours that would kill the process with -15 after a clean drain.
         signal.signal(signal.SIGTERM, _on_sigterm)
+        batching = "async mode" if spec.async_mode else f"sync mode, batch_size {args.batch_size or spec.batch_size}"
         print(f"serving {spec.model_dir} on http://{args.host}:{args.port} (endpoint name {args.endpoint_name!r}, "
-              f"batch_size {args.batch_size or spec.batch_size}); docs at /docs", file=sys.stderr)
+              f"{batching}); docs at /docs", file=sys.stderr)
         server.run()
-    except PackageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
     except (KeyboardInterrupt, _Terminated):
         pass
     finally:

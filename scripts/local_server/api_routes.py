@@ -4,7 +4,9 @@ Each route checks its body against the request model the stack's API Gateway val
 come from the handler's contract (``handler/contract.py``), the one source of the request schemas - then
 goes through ``handle()`` with the caller's ``Content-Type``, ``Accept`` and SageMaker headers, as the
 deployed integration forwards them. The container's status reaches the caller as the stack maps it
-(400/404/406/413/415/422/429/500/503 pass through, 507 becomes 503, any other error 500). One difference
+(400/404/406/413/415/422/429/500/503 pass through, 507 becomes 503, any other error 500) with the
+container's JSON body - in async mode DJL's own ``{"code", "error"}``, whose ``error`` starts with the
+handler's machine-readable type - and a generic ``model_error`` body for one that is not JSON. One difference
 on purpose: locally ``"stream": true`` streams (JSON lines, or SSE for chat); API Gateway's AWS
 integration cannot stream, so the deployed models reject it.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from handler.body import parse_json
 from handler.contract import PASSTHROUGH_CONTAINER_STATUSES, request_schemas, schema_errors
@@ -22,7 +24,7 @@ from handler.errors import HandlerError, error_body
 from handler.media import JSON, check_content_type
 
 from .djl_io import Answer
-from .endpoint import EndpointState, NotReady, wants_stream
+from .endpoint import ClosingStreamingResponse, EndpointState, NotReady, wants_stream
 from .streaming import pump_answer
 
 # Local routes may stream; the deployed models refuse ``stream: true``.
@@ -111,7 +113,7 @@ def router(state: EndpointState) -> APIRouter:
 def _render(answer: Answer) -> Response:
     status = gateway_status(answer.status)
     if answer.stream is not None and status < 300:
-        return StreamingResponse(pump_answer(answer), status_code=status, media_type=answer.content_type)
+        return ClosingStreamingResponse(pump_answer(answer), status_code=status, media_type=answer.content_type)
     if status >= 300 and not answer.body.strip().startswith(b"{"):
         return _error(status, "model_error", "the model server failed to answer")
     return Response(answer.body, status_code=status, media_type=answer.content_type)

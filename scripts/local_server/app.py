@@ -1,12 +1,13 @@
 """The FastAPI app: the container contract (``GET /ping``, ``POST /invocations``), the SageMaker runtime
-API and the API Gateway routes, all answered through one ``handle()`` and one batcher.
+API and the API Gateway routes, all answered through one ``handle()`` and DJL's frontend for the
+package's mode (``async_frontend`` or the sync ``batcher``).
 
-The model loads in a worker thread once the server is up: ``/ping`` answers 503 until the init call
-has succeeded, 200 after. Every body is read within a size cap and a deadline first (``limits``), and
-every error the server itself produces (unknown route, wrong method, an unexpected failure) is the
-project's JSON error body. At shutdown ``DrainingServer`` starts the endpoint's drain (see
-``endpoint``), uvicorn stops accepting and waits for in-flight requests, then the lifespan drains the
-batcher.
+The model loads once the server is up (the async init call on the server's loop, the sync one on a
+worker thread): ``/ping`` answers 503 until the init call has succeeded, 200 after. Every body is read
+within a size cap and a deadline first (``limits``), and every error the server itself produces
+(unknown route, wrong method, an unexpected failure) is the project's JSON error body. At shutdown
+``DrainingServer`` starts the endpoint's drain (see ``endpoint``), uvicorn stops accepting and waits
+for in-flight requests, then the lifespan drains the frontend.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from handler.errors import error_body, internal_error_body
 
 from . import DEFAULT_ENDPOINT_NAME, api_routes, runtime_api
+from .async_frontend import AsyncFrontend
 from .batcher import Batcher
-from .endpoint import EndpointState, NotReady, wants_stream
+from .endpoint import ClosingStreamingResponse, EndpointState, Frontend, NotReady, wants_stream
 from .limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimits
 from .package import ServedModel
 from .streaming import pump_answer
@@ -40,8 +42,8 @@ log = logging.getLogger("lora_endpoint.local")
 def create_app(
     served: ServedModel,
     *,
-    batch_size: int,
-    max_batch_delay_ms: int,
+    batch_size: int = 1,
+    max_batch_delay_ms: int = 0,
     endpoint_name: str = DEFAULT_ENDPOINT_NAME,
     drain_timeout_s: float = 60.0,
     on_load_failure: Callable[[BaseException], None] | None = None,
@@ -49,13 +51,15 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> FastAPI:
-    """An app serving ``served``; it loads the model (init call) at start-up unless it is ready already."""
-    batcher = Batcher(served.handle, served.djl, batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
-    state = EndpointState(served, batcher, endpoint_name, drain_timeout_s=drain_timeout_s)
+    """An app serving ``served``; it loads the model (init call) at start-up unless it is ready already.
+    ``batch_size`` and ``max_batch_delay_ms`` are the sync mode's batching (async mode has none)."""
+    frontend: Frontend = AsyncFrontend(served) if served.async_mode else Batcher(
+        served.handle, served.djl, batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
+    state = EndpointState(served, frontend, endpoint_name, drain_timeout_s=drain_timeout_s)
 
     async def load() -> None:
         try:
-            await asyncio.to_thread(served.load)
+            await (served.aload() if served.async_mode else asyncio.to_thread(served.load))
             log.info("model loaded from %s; serving", served.model_dir)
         except Exception as err:
             log.error("model load failed: %s", served.failed or err)
@@ -64,14 +68,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
+        frontend.start()
         loading = None if served.ready.is_set() else asyncio.create_task(load(), name="load-model")
         try:
             yield
         finally:
             if loading is not None and not loading.done():
                 await asyncio.wait([loading], timeout=drain_timeout_s)
-            await batcher.drain(drain_timeout_s)
+            await frontend.drain(drain_timeout_s)
             if on_shutdown is not None:  # before uvicorn re-raises a captured SIGTERM / SIGINT
                 on_shutdown()
 
@@ -114,14 +118,18 @@ def create_app(
             return JSONResponse(error_body(503, "model_not_ready", f"the model is not ready: {err}"), status_code=503)
         headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
         if answer.stream is not None:
-            return StreamingResponse(pump_answer(answer, state.expired), status_code=answer.status,
-                                     media_type=answer.content_type, headers=headers)
+            return ClosingStreamingResponse(pump_answer(answer, state.expired), status_code=answer.status,
+                                            media_type=answer.content_type, headers=headers)
         return Response(answer.body, status_code=answer.status, media_type=answer.content_type, headers=headers)
 
-    @app.get("/local/stats", tags=["local"], summary="Batches formed by the in-process batcher")
+    @app.get("/local/stats", tags=["local"],
+             summary="The DJL mode, the handler engine's counters and (sync mode) the batches formed")
     async def stats() -> JSONResponse:
-        return JSONResponse({"batch_size": batcher.batch_size, "max_batch_delay_ms": int(batcher.max_delay * 1000),
-                             **batcher.stats.as_dict()})
+        body: dict[str, Any] = {"mode": served.mode, "engine": served.engine_stats()}
+        batches = frontend.report()
+        if batches is not None:
+            body["batcher"] = batches
+        return JSONResponse(body)
 
     app.include_router(runtime_api.router(state))
     app.include_router(api_routes.router(state))

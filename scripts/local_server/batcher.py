@@ -1,4 +1,5 @@
-"""In-process dynamic batcher with DJL Serving's settings: ``batch_size`` and ``max_batch_delay``.
+"""Sync mode (``option.async_mode=false``): an in-process dynamic batcher with DJL Serving's settings,
+``batch_size`` and ``max_batch_delay``.
 
 Requests wait in a queue; the worker takes the oldest, then gathers more until the batch holds
 ``batch_size`` requests or ``max_batch_delay`` ms have passed since the oldest arrived, builds ONE DJL
@@ -86,6 +87,13 @@ class Batcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- requests ----------------------------------------------------------------------------------
+    async def answer(self, call: Call, *, stream: bool) -> Answer:
+        """A stream on the worker thread, outside any batch; anything else through a batch."""
+        return await (self.call_direct(call) if stream else self.submit(call))
+
+    def report(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "max_batch_delay_ms": int(self.max_delay * 1000), **self.stats.as_dict()}
+
     async def submit(self, call: Call) -> Answer:
         """Queue one non-streaming request and wait for its answer."""
         if self._queue is None:

@@ -1,11 +1,12 @@
-"""HTTP requests to DJL ``Input`` objects and DJL ``Output`` objects back to HTTP answers.
+"""HTTP requests to DJL ``Input`` objects, and a sync-mode ``Output`` back to HTTP answers.
 
 Properties are formed as DJL Serving forms them: the HTTP headers as sent, ``requestId``,
 ``model_dir``, ``device_id``, and ``X-Amzn-SageMaker-Custom-Attributes`` split into ``k=v``
 properties; the body is content key ``data``. Several requests become one batch Input keyed
 ``batch_000.<key>`` with a ``batch_size`` property, and the batch Output is split back as DJL's
 PyPredictor splits it: a status of 300 or more answers every caller with the whole Output, otherwise
-there must be exactly one ``batch_<i>.<key>`` content entry per item.
+there must be exactly one ``batch_<i>.<key>`` content entry per item. (Async mode's Outputs are
+records, read by ``async_frontend``.)
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from .streaming import pump
 
 log = logging.getLogger("lora_endpoint.local")
 
@@ -80,7 +83,7 @@ class Answer:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-    stream: Iterator[bytes] | None = None
+    stream: AsyncIterator[bytes] | None = None
 
     @property
     def content_type(self) -> str:
@@ -108,7 +111,8 @@ def init_input(djl: ModuleType, properties: Mapping[str, str]) -> Any:
     return djl.Input(dict(properties), [])
 
 
-def _pairs(content: Any) -> list[tuple[str | None, bytes]]:
+def content_pairs(content: Any) -> list[tuple[str | None, bytes]]:
+    """An Output's content as ``(key, bytes)`` pairs (the stand-in's list or the real PairList)."""
     if isinstance(content, list):
         return [(k, _as_bytes(v)) for k, v in content]
     keys = getattr(content, "get_keys", None) or getattr(content, "keys", None)
@@ -126,12 +130,13 @@ def _as_bytes(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
-def _stream(output: Any) -> Iterator[bytes] | None:
+def _stream(output: Any) -> AsyncIterator[bytes] | None:
+    """A sync Output's stream content, formatted, bridged to the event loop (not started yet)."""
     chunks = getattr(output, "stream_content", None)
     if chunks is None:
         return None
     formatter: Callable[[Any], Any] = getattr(output, "stream_output_formatter", None) or (lambda c: c)
-    return _formatted(chunks, formatter)
+    return pump(_formatted(chunks, formatter))
 
 
 def _formatted(chunks: Iterator[Any], formatter: Callable[[Any], Any]) -> Iterator[bytes]:
@@ -176,7 +181,7 @@ def split_output(output: Any, count: int) -> list[Answer]:
         return [Answer(200, {"Content-Type": JSON}) for _ in range(count)]
     code = int(getattr(output, "code", 200) or 200)
     props = {str(k): str(v) for k, v in dict(getattr(output, "properties", {}) or {}).items()}
-    pairs = _pairs(getattr(output, "content", []))
+    pairs = content_pairs(getattr(output, "content", []))
     if count == 1:
         stream = _stream(output)
         body = next((v for k, v in pairs if k == "data"), pairs[0][1] if pairs else b"")

@@ -1,5 +1,9 @@
-"""What every route shares: the served model, its batcher, how one request reaches ``handle()``, and
+"""What every route shares: the served model, its frontend (how one request reaches ``handle()``), and
 the drain at shutdown.
+
+The frontend is DJL's, emulated for the package's mode: in async mode (``async_frontend``) every
+request is its own ``await handle()`` on the server's loop; in sync mode (``batcher``) requests are
+gathered into DJL batches for one ``handle()`` call on one worker thread.
 
 Shutdown, in order: ``begin_drain`` (uvicorn has stopped accepting connections) makes new requests on
 open connections a 503 ``service_unavailable`` and starts the drain clock; requests already queued or
@@ -14,17 +18,31 @@ import contextlib
 import json
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi.responses import StreamingResponse
 
 from handler.body import parse_json
 from handler.errors import HandlerError, ServiceUnavailable
 
 from . import DEFAULT_ENDPOINT_NAME, DEFAULT_VARIANT
-from .batcher import Batcher
 from .djl_io import JSON, Answer, Call
 from .package import ServedModel
-from .streaming import pump_answer
+from .streaming import close_stream, pump_answer
 
 RETRY_AFTER_S = 5
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Starlette's streaming response, closing its body when the response ends in any way. Starlette
+    cancels the writer when the client disconnects and may leave the body iterator suspended; closing
+    it here is what stops the handler's generation at once."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await close_stream(self.body_iterator)
 
 
 class NotReady(Exception):
@@ -50,10 +68,22 @@ def unavailable_answer(message: str) -> Answer:
                   json.dumps(err.body()).encode())
 
 
+class Frontend(Protocol):
+    """How requests reach ``handle()``: ``start`` it in the event loop, ``drain`` it at shutdown."""
+
+    def start(self) -> None: ...
+
+    async def drain(self, timeout_s: float) -> None: ...
+
+    async def answer(self, call: Call, *, stream: bool) -> Answer: ...
+
+    def report(self) -> dict[str, Any] | None: ...
+
+
 @dataclass
 class EndpointState:
     served: ServedModel
-    batcher: Batcher
+    frontend: Frontend
     endpoint_name: str = DEFAULT_ENDPOINT_NAME
     variant: str = DEFAULT_VARIANT
     drain_timeout_s: float = 60.0
@@ -75,14 +105,12 @@ class EndpointState:
         asyncio.get_running_loop().call_later(self.drain_timeout_s, self.expired.set)
 
     async def invoke(self, call: Call, *, stream: bool) -> Answer:
-        """Streams go straight to ``handle()``; everything else through the batcher."""
+        """One request through the frontend (``stream``: the body asks to stream)."""
         if not self.ready:
             raise NotReady(self.served.failed or "the model is loading")
         if self.draining:
             return unavailable_answer("the endpoint is shutting down; retry")
-        if stream:
-            return await self._until_expired(self.batcher.call_direct(call))
-        return await self._until_expired(self.batcher.submit(call))
+        return await self._until_expired(self.frontend.answer(call, stream=stream))
 
     async def _until_expired(self, work: Awaitable[Answer]) -> Answer:
         """``work``'s answer, or a 503 if the drain time runs out first."""
@@ -90,6 +118,9 @@ class EndpointState:
         expiry = asyncio.ensure_future(self.expired.wait())
         try:
             done, _ = await asyncio.wait({task, expiry}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this request was cancelled: so is its work (the engine drops the rows)
+            task.cancel()
+            raise
         finally:
             expiry.cancel()
         if task in done:

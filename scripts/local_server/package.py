@@ -9,12 +9,20 @@ a plain model dir has no code and is served as it is. The entry file (``option.e
 ``model.py``) is loaded by file path under a generated module name - the model dir is not put on
 ``sys.path`` - and its ``handle`` (or ``option.handler``) gets an init call whose properties are the
 ``option.*`` keys with the prefix stripped, plus ``model_dir``. A plain model dir has no entry file:
-the repository's ``handler.entry.handle_sync`` serves it.
+the repository's ``handler.entry`` serves it.
+
+The DJL mode comes from ``option.async_mode`` as DJL reads it (``true``, any case, is async; absent is
+sync): an async package's ``handle`` must be an ``async def`` (DJL's async engine awaits it), a sync
+package's a plain function, and a mismatch is refused here, as DJL would fail the load. A plain model
+dir (no ``serving.properties``) is served in async mode, what ``lora-package build`` writes by default.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import importlib.util
+import inspect
 import logging
 import shutil
 import sys
@@ -87,7 +95,8 @@ def _verify_dir(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class PackageSpec:
-    """What to serve, resolved from the command line argument."""
+    """What to serve, resolved from the command line argument. ``batch_size`` and ``max_batch_delay_ms``
+    drive the sync mode's batcher; in async mode DJL batches nothing before ``handle``."""
 
     model_dir: Path
     entry_file: Path | None
@@ -96,6 +105,9 @@ class PackageSpec:
     batch_size: int
     max_batch_delay_ms: int
     temp_dir: Path | None = None
+    async_mode: bool = False
+    plain: bool = False
+    """A plain model dir: no serving.properties and no code, served by the repository's handler."""
 
 
 def _int_property(props: dict[str, str], key: str, default: int) -> int:
@@ -151,15 +163,26 @@ def _spec(path: Path, *, verified: bool, allow_no_manifest: bool, temp_dir: Path
     if entry is not None and not verified and not allow_no_manifest:
         raise PackageError(f"{source or path} has {entry_name} but no {MANIFEST}, so its code cannot be checked "
                            "before it runs; build it with lora-package, or pass --allow-no-manifest to trust it")
-    plain = not props
+    plain = not props and entry is None
+    # DJL's Boolean.parseBoolean: "true" in any case is true, anything else (or nothing) false; a plain
+    # model dir is served as lora-package packages are, in async mode
+    async_mode = plain or options.get("async_mode", "").strip().lower() == "true"
+    batch_size = _int_property(props, "batch_size", PLAIN_DIR_BATCH_SIZE if not props else 1) or 1
+    if async_mode and not plain and batch_size > 1:
+        raise PackageError(
+            f"{SERVING_PROPERTIES} sets batch_size={batch_size} with option.async_mode=true: DJL would still "
+            "gather requests into batches before the async handle and then fail every batched request (its "
+            "PyPredictor expects one output per request); remove batch_size, or use async_mode=false")
     return PackageSpec(
         model_dir=path.resolve(),
         entry_file=entry.resolve() if entry else None,
         handler_name=options.get("handler") or "handle",
         init_properties={**options, "model_dir": str(path.resolve())},
-        batch_size=_int_property(props, "batch_size", PLAIN_DIR_BATCH_SIZE if plain else 1) or 1,
-        max_batch_delay_ms=_int_property(props, "max_batch_delay", PLAIN_DIR_MAX_BATCH_DELAY_MS if plain else 100),
+        batch_size=batch_size,
+        max_batch_delay_ms=_int_property(props, "max_batch_delay", PLAIN_DIR_MAX_BATCH_DELAY_MS if not props else 100),
         temp_dir=temp_dir,
+        async_mode=async_mode,
+        plain=plain,
     )
 
 
@@ -181,7 +204,11 @@ def load_entry_module(entry: Path) -> ModuleType:
 
 @dataclass
 class ServedModel:
-    """The handler behind the endpoint: ``handle`` after its init call, and the Input/Output module."""
+    """The handler behind the endpoint: ``handle`` after its init call, and the Input/Output module.
+
+    ``async_mode``: ``handle`` is an ``async def`` that DJL's async engine awaits once per request on
+    its event loop; otherwise a plain function called on the one worker thread with whole batches.
+    """
 
     model_dir: str
     handle: Callable[[Any], Any]
@@ -189,6 +216,7 @@ class ServedModel:
     ready: threading.Event = field(default_factory=threading.Event)
     failed: str | None = None
     djl: ModuleType = field(default_factory=djl_io.ensure_djl_python)
+    async_mode: bool = False
 
     @classmethod
     def from_spec(cls, spec: PackageSpec) -> ServedModel:
@@ -196,22 +224,73 @@ class ServedModel:
         if spec.entry_file is None:
             from handler import entry
 
-            handle: Callable[[Any], Any] = entry.handle_sync
+            handle: Callable[[Any], Any] = entry.handle if spec.async_mode else entry.handle_sync
         else:
             module = load_entry_module(spec.entry_file)
             handle = getattr(module, spec.handler_name, None)  # type: ignore[assignment]
             if not callable(handle):
                 raise PackageError(f"{spec.entry_file.name} defines no function {spec.handler_name!r}")
-        return cls(str(spec.model_dir), handle, dict(spec.init_properties), djl=djl)
+            _check_mode(handle, spec)
+        return cls(str(spec.model_dir), handle, dict(spec.init_properties), djl=djl, async_mode=spec.async_mode)
+
+    @property
+    def mode(self) -> str:
+        return "async" if self.async_mode else "sync"
 
     def load(self) -> None:
-        """The init call (empty body): any status of 300 or more fails the load, as in DJL."""
+        """The init call (empty body): any status of 300 or more fails the load, as in DJL. In async
+        mode this runs the call on a loop of its own; the server awaits ``aload`` on its loop instead."""
+        if self.async_mode:
+            asyncio.run(self.aload())
+            return
         try:
             out = self.handle(djl_io.init_input(self.djl, self.init_properties))
-            code = int(getattr(out, "code", 200) or 200) if out is not None else 200
-            if code >= 300:
-                raise PackageError(f"the init call answered {code}")
         except Exception as err:
-            self.failed = str(err) or type(err).__name__
+            self._fail(err)
             raise
+        self._initialised(out)
+
+    async def aload(self) -> None:
+        """The async mode's init call, awaited on the caller's event loop."""
+        try:
+            out = await self.handle(djl_io.init_input(self.djl, self.init_properties))
+        except Exception as err:
+            self._fail(err)
+            raise
+        self._initialised(out)
+
+    def _initialised(self, out: Any) -> None:
+        code = int(getattr(out, "code", 200) or 200) if out is not None else 200
+        if code >= 300:
+            err = PackageError(f"the init call answered {code}")
+            self._fail(err)
+            raise err
         self.ready.set()
+
+    def _fail(self, err: BaseException) -> None:
+        self.failed = self.failed or str(err) or type(err).__name__
+
+    def engine_stats(self) -> dict[str, Any] | None:
+        """The continuous-batching engine's counters when the served handler is this repository's and
+        has started one (a foreign ``model.py`` has none)."""
+        module = sys.modules.get(getattr(self.handle, "__module__", "") or "")
+        runtime = getattr(module, "_runtime", None)  # handler.entry's state (no public accessor yet)
+        engine = getattr(getattr(runtime, "model", None), "engine", None)
+        stats = getattr(engine, "stats", None)
+        return dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) and not isinstance(stats, type) else None
+
+
+def _check_mode(handle: Callable[[Any], Any], spec: PackageSpec) -> None:
+    """DJL fails the load when the function does not match the mode; say so before serving."""
+    assert spec.entry_file is not None
+    is_async = inspect.iscoroutinefunction(handle)
+    if spec.async_mode and not is_async:
+        raise PackageError(
+            f"{SERVING_PROPERTIES} sets option.async_mode=true but {spec.entry_file.name}'s {spec.handler_name!r} "
+            "is not an async function: DJL's async engine awaits it and fails the load (set option.async_mode=false "
+            "for a synchronous handle)")
+    if is_async and not spec.async_mode:
+        raise PackageError(
+            f"{spec.entry_file.name}'s {spec.handler_name!r} is an async function but {SERVING_PROPERTIES} does not "
+            "set option.async_mode=true: DJL's sync engine would fail every call with 'Invalid output type: "
+            "coroutine'")

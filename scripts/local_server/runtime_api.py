@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from . import eventstream
 from .djl_io import CUSTOM_ATTRIBUTES, Answer
-from .endpoint import EndpointState, NotReady
-from .streaming import StreamExpired, StreamFailed, pump
+from .endpoint import ClosingStreamingResponse, EndpointState, NotReady
+from .streaming import StreamExpired, StreamFailed, close_stream, guarded
 
 ACCOUNT = "000000000000"
 REGION = "local"
@@ -120,7 +120,8 @@ def router(state: EndpointState) -> APIRouter:
         if answer.status >= 300:
             return model_error(state, answer)
         headers = _ok_headers(state, answer, "X-Amzn-SageMaker-Content-Type")
-        return StreamingResponse(_frames(answer, state.expired), media_type=eventstream.EVENTSTREAM, headers=headers)
+        return ClosingStreamingResponse(_frames(answer, state.expired), media_type=eventstream.EVENTSTREAM,
+                                        headers=headers)
 
     return api
 
@@ -130,7 +131,7 @@ async def _frames(answer: Answer, expired: asyncio.Event) -> AsyncIterator[bytes
     if answer.stream is None:
         yield eventstream.payload_part(answer.body)
         return
-    chunks = pump(answer.stream, expired)
+    chunks = guarded(answer.stream, expired)
     try:
         async for chunk in chunks:
             if chunk:
@@ -140,4 +141,4 @@ async def _frames(answer: Answer, expired: asyncio.Event) -> AsyncIterator[bytes
     except StreamExpired:
         yield eventstream.model_stream_error("the endpoint is shutting down", "ModelStreamError")
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await close_stream(chunks)

@@ -1,10 +1,14 @@
-"""Bridge a handler's (synchronous) chunk iterator to an async response body.
+"""Response bodies that stream: a sync handler's chunk iterator made async, the drain's deadline, and
+the error record a stream ends with when it fails after its first byte.
 
-A pump thread pulls chunks as fast as the model produces them, so a slow reader never holds the
-model lock; when the client goes away the async side is cancelled, the pump is told to stop and it
-closes the handler's generator, which ends generation at the next token. A stream that fails after its
-first byte, or that is still running when a shutdown's drain time is up, ends with an error record in
-its own format (the handler's ``error_record``): the status is sent already, so the body must say it.
+Every streamed ``Answer`` carries an async iterator of chunks: in sync mode ``pump`` bridges the
+handler's (synchronous) iterator from a worker thread, so a slow reader never holds the model; in async
+mode the chunks come from the handler's async generator (``async_frontend``). ``guarded`` reads either
+until it ends, fails or the shutdown's drain time is up, and closes it when the reader stops - the
+client went away - which ends generation: the pump closes the handler's generator, the async generator
+is closed and the engine drops its rows. A failure after the first byte ends the body with an error
+record in its own format (the handler's ``error_record``): the status is sent already, so the body
+must say it. Plain asyncio only (no web framework): the compat tier drives streams without one.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
 
 from handler.errors import GenerationFailed, ServiceUnavailable
 from handler.streaming import error_record
 
-from .djl_io import Answer
+if TYPE_CHECKING:
+    from .djl_io import Answer
 
 _END = object()
 
@@ -30,10 +36,32 @@ class StreamExpired(Exception):
     """The endpoint is shutting down and the drain time for this stream is up."""
 
 
-async def pump(chunks: Iterator[bytes], expired: asyncio.Event | None = None) -> AsyncIterator[bytes]:
-    """Yield ``chunks`` from a worker thread; closing this async iterator closes ``chunks``.
+def _quietly(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a close that failed is nobody's to report
 
-    Raises ``StreamFailed`` if the handler's iterator raises, ``StreamExpired`` once ``expired`` is set.
+
+async def _shielded(awaitable: Any) -> None:
+    """Run ``awaitable`` to its end in a task of its own: a reader that is being cancelled (a client
+    that went away; Starlette cancels it again at every await) stops waiting, the task goes on."""
+    task = asyncio.ensure_future(awaitable)
+    task.add_done_callback(_quietly)
+    with contextlib.suppress(Exception):
+        await asyncio.shield(task)
+
+
+async def close_stream(stream: Any) -> None:
+    """Close an async iterator, also while its reader is being cancelled: the close is what tells the
+    handler to stop."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await _shielded(close())
+
+
+async def pump(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Yield a sync handler's ``chunks`` from a worker thread; closing this closes ``chunks``.
+
+    Raises ``StreamFailed`` if the handler's iterator raises.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
@@ -55,34 +83,55 @@ async def pump(chunks: Iterator[bytes], expired: asyncio.Event | None = None) ->
             with contextlib.suppress(RuntimeError):  # the loop is closed already (shutdown)
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
-    thread = threading.Thread(target=run, name="stream-pump", daemon=True)
-    thread.start()
-    stopping = asyncio.ensure_future(expired.wait()) if expired is not None else None
+    threading.Thread(target=run, name="stream-pump", daemon=True).start()
     try:
         while True:
-            getting = asyncio.ensure_future(queue.get())
-            waiting = {getting} if stopping is None else {getting, stopping}
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if getting not in done:
-                getting.cancel()
-                raise StreamExpired()
-            item = getting.result()
+            item = await queue.get()
             if item is _END:
-                break
+                return
             if isinstance(item, StreamFailed):
                 raise item
             assert isinstance(item, bytes)
             yield item
     finally:
         stop.set()
+
+
+async def guarded(stream: AsyncIterator[bytes], expired: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+    """``stream``'s chunks until it ends; raises ``StreamFailed`` when it raises and ``StreamExpired`` once
+    ``expired`` is set. Closing this (or cancelling its reader) closes ``stream``."""
+    stopping: asyncio.Future[Any] | None = asyncio.ensure_future(expired.wait()) if expired is not None else None
+    try:
+        while True:
+            step: asyncio.Future[Any] = asyncio.ensure_future(stream.__anext__())
+            try:
+                waiting = {step} if stopping is None else {step, stopping}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not step.done():  # cancelled (the client went away) or expired: stop the producer
+                    step.cancel()
+                    await _shielded(asyncio.wait([step]))
+            if step not in done:
+                raise StreamExpired()
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                return
+            except StreamFailed:
+                raise
+            except Exception as err:
+                raise StreamFailed(type(err).__name__) from err
+            yield chunk
+    finally:
         if stopping is not None:
             stopping.cancel()
+        await close_stream(stream)
 
 
 async def pump_answer(answer: Answer, expired: asyncio.Event | None = None) -> AsyncIterator[bytes]:
-    """``pump`` for an HTTP body: a failure or the end of the drain time becomes the last record."""
+    """An answer's stream as an HTTP body: a failure or the end of the drain time becomes the last record."""
     assert answer.stream is not None
-    chunks = pump(answer.stream, expired)
+    chunks = guarded(answer.stream, expired)
     try:
         async for chunk in chunks:
             yield chunk
@@ -91,4 +140,4 @@ async def pump_answer(answer: Answer, expired: asyncio.Event | None = None) -> A
     except StreamExpired:
         yield error_record(ServiceUnavailable("the endpoint is shutting down; retry"), answer.content_type)
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await close_stream(chunks)

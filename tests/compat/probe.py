@@ -3,7 +3,7 @@
 ``python -m tests.compat.probe OUT`` (run with the main venv's python, transformers 5) writes bases and
 adapters exactly as transformers 5 / peft save them (not normalised), builds a package from them with
 ``model_package build`` into ``OUT/package``, serves it the way the local endpoint does (the package's
-own ``model.py``, DJL's init call, DJL Inputs) and records every answer in ``OUT/expected.json``. The
+own ``model.py``, DJL's init call, DJL Inputs, its async mode) and records every answer in ``OUT/expected.json``. The
 compat tier (transformers 4.x) serves the same package with :func:`ask` and compares.
 """
 
@@ -81,22 +81,30 @@ def mismatches(expected: Any, actual: Any, path: str = "") -> list[str]:
 
 
 def ask(package: Path) -> dict[str, Any]:
-    """Serve ``package`` like the local endpoint (its own model.py) and answer every request in ``REQUESTS``."""
+    """Serve ``package`` like the local endpoint (its own model.py, in DJL's async mode as the package
+    says) and answer every request in ``REQUESTS``."""
+    import asyncio
+
     import transformers
 
-    from scripts.local_server import djl_io
+    from scripts.local_server import async_frontend, djl_io
     from scripts.local_server.package import ServedModel, resolve
+    from scripts.local_server.streaming import pump_answer
 
     served = ServedModel.from_spec(resolve(package))
     served.load()
-    answers = []
-    for body, headers in REQUESTS:
-        call = djl_io.Call.from_http({"Content-Type": "application/json", **headers}, json.dumps(body).encode(),
-                                     model_dir=served.model_dir)
-        answer = djl_io.split_output(served.handle(djl_io.build_input(served.djl, [call])), 1)[0]
-        raw = b"".join(answer.stream) if answer.stream is not None else answer.body
-        answers.append({"status": answer.status, "body": _decode(raw)})
-    return {"transformers": transformers.__version__, "answers": answers}
+
+    async def answer_all() -> list[dict[str, Any]]:
+        answers = []
+        for body, headers in REQUESTS:
+            call = djl_io.Call.from_http({"Content-Type": "application/json", **headers}, json.dumps(body).encode(),
+                                         model_dir=served.model_dir)
+            answer = await async_frontend.answer(served, call)
+            raw = b"".join([c async for c in pump_answer(answer)]) if answer.stream is not None else answer.body
+            answers.append({"status": answer.status, "body": _decode(raw)})
+        return answers
+
+    return {"transformers": transformers.__version__, "answers": asyncio.run(answer_all())}
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,13 @@
-"""A local endpoint on a free port, in a background thread, over the tiny model dir (stopped at the end)."""
+"""A local endpoint on a free port, in a background thread, over the tiny model dir (stopped at the end).
+
+The session ``server`` runs once per DJL mode: ``async`` (what packages use: every request its own
+``await handle()``) and ``sync`` (the in-process batcher and ``handle_sync``); tests that use it run in
+both, and ``server.mode`` says which.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -39,6 +45,10 @@ class Running:
     def state(self) -> Any:
         return self.app.state.endpoint
 
+    @property
+    def mode(self) -> str:
+        return str(self.state.served.mode)
+
     def stop(self, timeout_s: float = 30.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout_s)
@@ -66,15 +76,24 @@ def start(app: Any, *, wait_ready: bool = True, timeout_s: float = 60.0) -> Runn
     return running
 
 
-@pytest.fixture(scope="session")
-def server(tiny_model_dir: Path) -> Iterator[Running]:
-    """The repository's handler serving the tiny model dir, with a fresh handler runtime."""
+def spec_in_mode(model_dir: Path, mode: str) -> Any:
+    """The plain model dir's spec (async), or the same served by ``handle_sync`` and the batcher."""
+    spec = resolve(model_dir)
+    if mode == "sync":
+        spec = dataclasses.replace(spec, async_mode=False, batch_size=BATCH_SIZE, max_batch_delay_ms=BATCH_DELAY_MS)
+    return spec
+
+
+@pytest.fixture(scope="session", params=["async", "sync"])
+def server(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[Running]:
+    """The repository's handler serving the tiny model dir in one DJL mode, with a fresh handler runtime."""
     from handler import entry
 
     saved = entry._runtime
     entry._runtime = entry._Runtime()
-    running = start(create_app(ServedModel.from_spec(resolve(tiny_model_dir)), batch_size=BATCH_SIZE,
-                               max_batch_delay_ms=BATCH_DELAY_MS))
+    spec = spec_in_mode(tiny_model_dir, request.param)
+    running = start(create_app(ServedModel.from_spec(spec), batch_size=spec.batch_size,
+                               max_batch_delay_ms=spec.max_batch_delay_ms))
     try:
         yield running
     finally:
@@ -105,5 +124,17 @@ def write_manifest(root: Path) -> Path:
 
 
 def fake_served(handle: Callable[[Any], Any]) -> ServedModel:
-    """A ServedModel around any ``handle`` (for servers that misbehave on purpose)."""
-    return ServedModel("/nonexistent", handle, {})
+    """A ServedModel around any ``handle`` (for servers that misbehave on purpose); an ``async def``
+    handle is served in async mode."""
+    import inspect
+
+    return ServedModel("/nonexistent", handle, {}, async_mode=inspect.iscoroutinefunction(handle))
+
+
+def error_type(body: dict[str, Any]) -> str:
+    """The machine-readable type of an error body: the project's ``{"type": ...}``, or in async mode
+    DJL's ``{"code", "error": "<type>: <message>"}``."""
+    if "type" in body:
+        return str(body["type"])
+    assert set(body) == {"code", "error"} and isinstance(body["error"], str), body
+    return body["error"].split(":", 1)[0]

@@ -8,7 +8,7 @@ import pytest
 
 from scripts import invoke, load_test, smoke_test
 
-from .conftest import fake_served, free_port, start
+from .conftest import error_type, fake_served, free_port, start
 
 
 def test_invoke_prints_text_status_and_latency(server, capsys) -> None:
@@ -23,7 +23,7 @@ def test_invoke_streams_and_reports_errors_by_exit_code(server, capsys) -> None:
     assert "4 chunks" in capsys.readouterr().err
     assert invoke.main(["--api-url", server.url, "--route", "chat", "--prompt", "Hi", "--adapter", "nope"]) == 1
     out, err = capsys.readouterr()
-    assert json.loads(out)["type"] == "unknown_adapter" and "status 404" in err
+    assert error_type(json.loads(out)) == "unknown_adapter" and "status 404" in err
     assert invoke.main(["--endpoint-url", server.url, "--body", "[1]"]) == 2
 
 

@@ -202,13 +202,18 @@ def test_a_stream_that_fails_after_its_first_byte_ends_with_an_error_line() -> N
         running.stop()
 
 
-def test_past_the_drain_time_waiting_requests_get_json_503_and_streams_an_error_record() -> None:
-    handler = Streams()
-    running = start(create_app(fake_served(handler.handle), batch_size=1, max_batch_delay_ms=0, drain_timeout_s=1.0))
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_past_the_drain_time_waiting_requests_get_json_503_and_streams_an_error_record(mode: str) -> None:
+    from .test_async_mode import Handler
+
+    handler = Streams() if mode == "sync" else Handler()  # in both, a waiting request waits for the gate
+    running = start(create_app(fake_served(handler.handle), drain_timeout_s=1.0))
+    assert running.mode == mode
     results: dict[str, httpx.Response] = {}
 
     def post(key: str, body: dict) -> None:
-        results[key] = httpx.post(running.url + "/invocations", json=body, timeout=30)
+        results[key] = httpx.post(running.url + "/invocations", json=body, timeout=30,
+                                  headers={"X-Amzn-SageMaker-Custom-Attributes": "wait=1"})
 
     threads = [threading.Thread(target=post, args=("stream", {"stream": True})),
                threading.Thread(target=post, args=("waiting", {"inputs": "x"}))]

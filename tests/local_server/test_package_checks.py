@@ -187,3 +187,52 @@ def test_ctrl_c_while_extracting_leaves_nothing(
     assert main([str(archive)]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert list(temp_root.iterdir()) == []
+
+
+SYNC_HANDLE = "def handle(inputs):\n    return None\n"
+ASYNC_HANDLE = "async def handle(inputs):\n    return None\n"
+
+
+def _mode_package(root: Path, properties: str, model_py: str) -> Path:
+    root.mkdir(parents=True)
+    (root / "model.py").write_text(model_py)
+    (root / "serving.properties").write_text("engine=Python\noption.entryPoint=model.py\n" + properties)
+    return write_manifest(root)
+
+
+@pytest.mark.parametrize(("properties", "model_py", "mode"), [
+    ("option.async_mode=true\n", ASYNC_HANDLE, "async"),
+    ("option.async_mode=TRUE\n", ASYNC_HANDLE, "async"),  # DJL's Boolean.parseBoolean ignores case
+    ("option.async_mode=false\n", SYNC_HANDLE, "sync"),
+    ("", SYNC_HANDLE, "sync"),  # DJL's default
+    ("option.async_mode=yes\n", SYNC_HANDLE, "sync"),  # anything but "true" is false
+])
+def test_serving_properties_pick_the_djl_mode(tmp_path: Path, properties: str, model_py: str, mode: str) -> None:
+    served = ServedModel.from_spec(resolve(_mode_package(tmp_path / "pkg", properties, model_py)))
+    assert served.mode == mode
+
+
+@pytest.mark.parametrize(("properties", "model_py", "match"), [
+    ("option.async_mode=true\n", SYNC_HANDLE, "is not an async function"),
+    ("", ASYNC_HANDLE, "Invalid output type: coroutine"),
+    ("option.async_mode=true\nbatch_size=4\n", ASYNC_HANDLE, "batch_size=4 with option.async_mode=true"),
+])
+def test_a_package_whose_handle_or_batching_does_not_fit_its_mode_is_refused_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], properties: str, model_py: str, match: str
+) -> None:
+    pkg = _mode_package(tmp_path / "pkg", properties, model_py)
+    with pytest.raises(PackageError, match=match):
+        ServedModel.from_spec(resolve(pkg))
+    assert main([str(pkg)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+
+
+def test_serve_local_refuses_batching_flags_in_async_mode_and_djl_mode_for_a_package(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tiny_model_dir), "--batch-size", "4"]) == 2  # a plain model dir: async unless told
+    assert "add --djl-mode sync" in capsys.readouterr().err
+    pkg = _mode_package(tmp_path / "pkg", "option.async_mode=false\n", SYNC_HANDLE)
+    assert main([str(pkg), "--djl-mode", "async"]) == 2
+    assert "option.async_mode decides" in capsys.readouterr().err

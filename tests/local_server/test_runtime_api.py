@@ -10,6 +10,8 @@ from botocore.exceptions import ClientError, EventStreamError
 
 from scripts.local_server import eventstream
 
+from .conftest import error_type
+
 GREEDY = {"max_new_tokens": 12, "do_sample": False}
 
 
@@ -45,18 +47,18 @@ def test_adapter_header_selects_the_adapter(runtime) -> None:
     assert by_header["generated_text"] != base["generated_text"]
 
 
-@pytest.mark.parametrize(("body", "status", "error_type"), [
+@pytest.mark.parametrize(("body", "status", "kind"), [
     ({"inputs": "Hello", "adapters": "nope"}, 404, "unknown_adapter"),
     ({"inputs": "Hello", "parameters": {"max_new_tokens": 0}}, 400, "invalid_request"),
 ])
-def test_container_errors_are_model_errors_with_the_original_status(runtime, body, status, error_type) -> None:
+def test_container_errors_are_model_errors_with_the_original_status(runtime, body, status, kind) -> None:
     with pytest.raises(ClientError) as caught:
         invoke(runtime, body)
     response = caught.value.response
     assert response["Error"]["Code"] == "ModelError"
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 424
     assert response["OriginalStatusCode"] == status
-    assert json.loads(response["OriginalMessage"])["type"] == error_type
+    assert error_type(json.loads(response["OriginalMessage"])) == kind
     assert response["LogStreamArn"].startswith("arn:aws:logs:")
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from handler.config import HandlerSettings
 from model_package import BuildOptions, build, safe_extract
+from model_package.config import PackageError
 from model_package.manifest import verify_tree
 
 
@@ -87,8 +88,11 @@ def test_archive_layout_matches_the_contract(options_for: Callable[..., BuildOpt
     assert props["engine"] == "Python"
     assert props["option.entryPoint"] == "model.py"
     assert props["option.rolling_batch"] == "disable"
-    assert props["option.async_mode"] == "false" and props["option.handler"] == "handle_sync"
-    assert {"batch_size", "max_batch_delay", "option.tensor_parallel_degree"} <= set(props)
+    # DJL's async mode by default: the async handle (no option.handler) and no DJL batching
+    assert props["option.async_mode"] == "true" and "option.handler" not in props
+    assert not {"batch_size", "max_batch_delay"} & set(props)
+    assert "option.tensor_parallel_degree" in props
+    assert manifest["serving"]["djl_mode"] == "async" and manifest["serving"]["batch_size"] is None
     assert "option.base_model" not in props, "a bundled base is found at base/"
     # every handler option maps onto a HandlerSettings field and parses
     lmi = {"entryPoint", "rolling_batch", "async_mode", "handler", "tensor_parallel_degree", "max_lora_rank"}
@@ -109,11 +113,37 @@ def test_archive_layout_matches_the_contract(options_for: Callable[..., BuildOpt
 
 
 def test_serving_options_reach_serving_properties(options_for: Callable[..., BuildOptions], tmp_path: Path) -> None:
-    result = build(options_for(format="dir", output=tmp_path / "tree", dtype="bfloat16", batch_size=4,
-                               max_batch_delay_ms=25, max_new_tokens=256, tensor_parallel_degree=2))
+    result = build(options_for(format="dir", output=tmp_path / "tree", dtype="bfloat16", djl_mode="sync",
+                               batch_size=4, max_batch_delay_ms=25, max_new_tokens=256, tensor_parallel_degree=2))
     props = _properties(result.path / "serving.properties")
     assert (props["batch_size"], props["max_batch_delay"], props["option.tensor_parallel_degree"]) == ("4", "25", "2")
+    assert (props["option.async_mode"], props["option.handler"]) == ("false", "handle_sync")
     assert (props["option.dtype"], props["option.max_new_tokens"]) == ("bfloat16", "256")
+    assert result.manifest["serving"]["djl_mode"] == "sync"
+
+
+def test_sync_mode_gets_djl_s_batching_defaults(options_for: Callable[..., BuildOptions]) -> None:
+    options = options_for(djl_mode="sync")
+    assert (options.batch_size, options.max_batch_delay_ms) == (1, 100)
+
+
+@pytest.mark.parametrize("overrides", [{"batch_size": 4}, {"max_batch_delay_ms": 10}, {"batch_size": 1},
+                                       {"djl_mode": "rolling"}, {"djl_mode": "sync", "batch_size": 0}])
+def test_batching_outside_sync_mode_and_unknown_modes_are_refused(options_for: Callable[..., BuildOptions],
+                                                                  overrides: dict[str, object]) -> None:
+    with pytest.raises(PackageError, match=r"--djl-mode|--batch-size"):
+        options_for(**overrides)
+
+
+def test_the_cli_refuses_batch_size_in_async_mode_with_exit_2(tiny_src: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from model_package.cli import main
+
+    out = tmp_path / "never.tar.gz"
+    code = main(["build", "--base-model", str(tiny_src / "base"), "--adapter", f"alpha={tiny_src / 'adapters/alpha'}",
+                 "--batch-size", "4", "--output", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--djl-mode sync" in err and err.count("\n") == 1 and not out.exists()
 
 
 def test_format_dir_is_named_by_the_manifest_hash(options_for: Callable[..., BuildOptions], tmp_path: Path) -> None:
