@@ -6,6 +6,7 @@ toolkit functions, the local endpoint) renders the same error the same way.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Any
 
@@ -30,6 +31,23 @@ class HandlerError(Exception):
         one shape whichever path produced the error; ``error`` follows the OpenAI error object.
         """
         return error_body(self.status, self.code, self.message, self.param)
+
+
+_TYPE = re.compile(r"[a-z][a-z_]*")
+
+
+def full_error_body(body: dict[str, Any], status: int) -> dict[str, Any]:
+    """An error body in the project's shape from either shape a container answers: ours, or DJL async
+    mode's ``{"code", "error": "<type>: <message>"}`` (see ``djl_async``). The API Gateway template
+    ``model_error`` does the same in VTL."""
+    if isinstance(body.get("type"), str):
+        return body
+    text = body.get("error")
+    text = text if isinstance(text, str) else "the model server failed to answer"
+    kind, sep, message = text.partition(": ")
+    if not sep or not _TYPE.fullmatch(kind):
+        kind, message = "model_error", text
+    return error_body(status, kind, message)
 
 
 def error_body(status: int, error_type: str, message: str, param: str | None = None) -> dict[str, Any]:

@@ -73,7 +73,17 @@ _MODEL_ERROR = (
     "#if(\"$code\" == $original)#set($status = $code)#end#end\n"
     "#if($original == \"507\")#set($status = 503)#end\n"
     "#set($context.responseOverride.status = $status)\n"
-    "#if($message.trim().startsWith(\"{\"))$message#else"
+    # A JSON body in the project's shape passes as it is; DJL async mode's {"code", "error": "type: text"}
+    # is rewritten into that shape (handler.errors.full_error_body does the same for the local routes).
+    "#if($message.trim().startsWith(\"{\"))#set($body = $util.parseJson($message))"
+    "#if(\"$!body.type\" != \"\")$message#else"
+    "#set($text = \"$!body.error\")#set($cut = $text.indexOf(\": \"))"
+    "#if($cut > 0 && $text.substring(0, $cut).matches(\"[a-z][a-z_]*\"))"
+    "#set($kind = $text.substring(0, $cut))#set($from = $cut + 2)#set($text = $text.substring($from))"
+    "#else#set($kind = \"model_error\")#end"
+    "#set($text = $util.escapeJavaScript($text).replaceAll(\"\\\\'\", \"'\"))"
+    '{"code": $status, "type": "$kind", "message": "$text", "error": {"type": "$kind", "message": "$text"}}'
+    "#end#else"
     '{"code": $status, "type": "model_error", "message": "the model server failed to answer", '
     '"error": {"type": "model_error", "message": "the model server failed to answer"}}#end'
 )

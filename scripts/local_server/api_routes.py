@@ -13,6 +13,7 @@ integration cannot stream, so the deployed models reject it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from handler.body import parse_json
 from handler.contract import PASSTHROUGH_CONTAINER_STATUSES, request_schemas, schema_errors
-from handler.errors import HandlerError, error_body
+from handler.errors import HandlerError, error_body, full_error_body
 from handler.media import JSON, check_content_type
 
 from .djl_io import Answer
@@ -114,6 +115,14 @@ def _render(answer: Answer) -> Response:
     status = gateway_status(answer.status)
     if answer.stream is not None and status < 300:
         return ClosingStreamingResponse(pump_answer(answer), status_code=status, media_type=answer.content_type)
-    if status >= 300 and not answer.body.strip().startswith(b"{"):
-        return _error(status, "model_error", "the model server failed to answer")
+    if status >= 300:
+        try:
+            body = json.loads(answer.body)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return _error(status, "model_error", "the model server failed to answer")
+        # DJL's async-mode error body ({"code", "error": "type: message"}) in the project's shape,
+        # as the deployed API's model_error template writes it
+        return JSONResponse(full_error_body(body, status), status_code=status)
     return Response(answer.body, status_code=status, media_type=answer.content_type)

@@ -137,7 +137,9 @@ def test_model_error_restores_the_container_status_and_body() -> None:
     assert "#set($context.responseOverride.status = $status)" in template
     for code in (400, 404, 413, 415, 429, 503):
         assert str(code) in template.split("#foreach($code in [")[1].split("]")[0]
-    assert "$message#else" in template  # the container's JSON body is returned as is
+    assert "$message#else" in template  # a body in the project's shape is returned as is
+    # DJL async mode's {"code", "error": "type: message"} becomes that shape
+    assert "$util.parseJson($message)" in template and '"type": "$kind"' in template
 
 
 def test_throttling_becomes_429() -> None:

@@ -143,9 +143,13 @@ def test_async_error_records_reach_every_route_as_the_deployed_stack_maps_them(f
     container = httpx.post(running.url + "/invocations", json={"inputs": "x"}, headers=headers)
     assert (container.status_code, container.json()) == (code, expected)
     assert container.headers["retry-after"] == "7"
-    # the API Gateway routes: the status as the stack maps it, the container's JSON body as it is
+    # the API Gateway routes: the status as the stack maps it, the body in the project's error shape
+    # (the stack's model_error template rewrites DJL's {"code", "error": "type: message"} the same way)
     route = httpx.post(running.url + "/predict", json={"inputs": "x"}, headers=headers)
-    assert (route.status_code, route.json()) == (gateway, expected)
+    message = "adapter 'x' is not served here"
+    assert (route.status_code, route.json()) == (gateway, {
+        "code": gateway, "type": "unknown_adapter", "message": message,
+        "error": {"type": "unknown_adapter", "message": message}})
     # the runtime API: a ModelError with the container's status and body
     with pytest.raises(ClientError) as caught:
         _runtime(running).invoke_endpoint(EndpointName="lora-local", Body=b'{"inputs": "x"}',
