@@ -98,6 +98,15 @@ def output_fn(prediction: Any, accept: str | None) -> bytes:
     return json.dumps(prediction, ensure_ascii=False).encode("utf-8")
 
 
+def engine_stats() -> dict[str, Any] | None:
+    """The engine's counters (iterations, batch sizes, queue, KV use) once it runs; for the local
+    endpoint's ``/local/stats`` and benchmarks."""
+    import dataclasses
+
+    engine = _runtime.model.engine if _runtime.model is not None else None
+    return dataclasses.asdict(engine.stats) if engine is not None else None
+
+
 # --- DJL Serving ----------------------------------------------------------------------------------
 
 

@@ -20,7 +20,6 @@ dir (no ``serving.properties``) is served in async mode, what ``lora-package bui
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.util
 import inspect
 import logging
@@ -274,10 +273,9 @@ class ServedModel:
         """The continuous-batching engine's counters when the served handler is this repository's and
         has started one (a foreign ``model.py`` has none)."""
         module = sys.modules.get(getattr(self.handle, "__module__", "") or "")
-        runtime = getattr(module, "_runtime", None)  # handler.entry's state (no public accessor yet)
-        engine = getattr(getattr(runtime, "model", None), "engine", None)
-        stats = getattr(engine, "stats", None)
-        return dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) and not isinstance(stats, type) else None
+        stats = getattr(module, "engine_stats", None)  # handler.entry's (a foreign model.py has none)
+        result = stats() if callable(stats) else None
+        return result if isinstance(result, dict) else None
 
 
 def _check_mode(handle: Callable[[Any], Any], spec: PackageSpec) -> None:
