@@ -16,7 +16,7 @@ during a long stream (vLLM's too, for reference). The section in docs/benchmarks
 is rewritten with the command, the machine, the versions, the commit and the targets.
 
 Exit codes: 0 done; 1 a server failed (ours: nothing written; the peer: its rows say why, the rest is
-written); 2 bad command line.
+written); 2 bad command line; 130 interrupted (Ctrl-C or SIGTERM: the servers are stopped first).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import gc
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ def ours(model_dir: Path, load: Load, device: str) -> dict[str, Any]:
     settings = HandlerSettings(device=device, max_new_tokens=max(load.new_tokens, load.long_tokens),
                                default_max_new_tokens=min(30, load.new_tokens), time_budget_s=0)
     lm = load_model(model_dir, settings)
-    out: dict[str, Any] = {"params": sum(p.numel() for p in lm.model.parameters())}
+    out: dict[str, Any] = {"params": sum(p.numel() for p in lm.model.parameters()), "load_at_start": load_average()}
     out["static"] = bench_static(lm, STATIC_ROWS, load.new_tokens, load.repeat)
     out["mixed"] = bench_mixed(lm, STATIC_ROWS, load.new_tokens, load.repeat)
     print(f"  ours in-process: static {out['static']}, mixed {out['mixed']}", flush=True)
@@ -197,13 +198,31 @@ def peer(python: str, model_dir: Path, load: Load, omp_bind: str, timeout_s: flo
     try:
         with serving(cmd, port=port, log=model_dir / "vllm.log", ready_path="/health", env=env,
                      timeout_s=timeout_s) as server:
-            return {"startup_s": server.startup_s, "env": env, **_loaded_runs(server.url, VLLM, load)}
+            return {"startup_s": server.startup_s, "env": env, "load_at_start": load_average(),
+                    **_loaded_runs(server.url, VLLM, load)}
     except ServerFailed as err:
         return {"skipped": str(err)}
 
 
+class _Terminated(Exception):
+    """SIGTERM: unwind, so that every server is stopped and the temporary models are removed."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args, argv)
+    except (KeyboardInterrupt, _Terminated):
+        print("interrupted: servers stopped, nothing written", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     load = Load(clients=args.clients, per_client=args.per_client, new_tokens=args.new_tokens,
                 stagger_s=args.stagger_ms / 1000, long_tokens=args.long_tokens, batch_size=args.batch_size,
                 delay_ms=args.max_batch_delay_ms, repeat=args.repeat)

@@ -77,7 +77,8 @@ def _summary(tok_s: float, p50: float) -> dict[str, Any]:
 
 def _figures(vllm: dict[str, Any]) -> dict[str, Any]:
     ttft = {"solo_ttft_s": 0.05, "step_s": 0.01, "ttft_during_s": 1.2, "bound_s": 0.07, "long_finished_first": True}
-    ours = {"params": 21_000_000, "startup_s": 5.0, "1": _summary(100, 0.6), "16": _summary(400, 2.4), "ttft": ttft,
+    ours = {"params": 21_000_000, "startup_s": 5.0, "load_at_start": 0.25, "ttft": ttft,
+            "1": _summary(100, 0.6), "16": _summary(400, 2.4),
             "static": {"rows": 16, "seconds": 2.0, "tok_s": 500.0}, "identical_1": _summary(110, 0.5),
             "identical_16": _summary(450, 2.0),
             "mixed": {"single_adapter_tok_s": 800.0, "mixed_adapter_tok_s": 520.0, "ratio": 0.65}}
@@ -90,7 +91,7 @@ def _figures(vllm: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_section_sets_the_sides_next_to_each_other_with_the_targets() -> None:
-    vllm = {"startup_s": 40.0, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}, "1": _summary(50, 1.0),
+    vllm = {"startup_s": 40.0, "load_at_start": 1.75, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}, "1": _summary(50, 1.0),
             "16": _summary(380, 2.0), "ttft": None}
     text = render(_figures(vllm), "python scripts/bench.py serving")
     assert text.startswith(PEER_BEGIN) and text.endswith(PEER_END)
@@ -101,6 +102,7 @@ def test_the_section_sets_the_sides_next_to_each_other_with_the_targets() -> Non
     assert "| 520 vs 800 tok/s = 0.65x | >= 0.95x |" in text
     assert "Measured on commit abc1234." in text and "before / after the run: 0.50 / 1.50" in text
     assert "vLLM 0.32.0 (torch 2.13.0, transformers 5.19.0)" in text
+    assert "| 0.25 / 1.75 | measured |" in text and "| 5 s / 40 s | measured |" in text
 
 
 def test_a_peer_that_did_not_run_says_why_and_shows_no_figures() -> None:
@@ -119,3 +121,49 @@ def test_the_section_replaces_only_its_own_markers(tmp_path: Path) -> None:
     assert "old serving" in text and "second" in text and "first" not in text
     assert text.count(PEER_BEGIN) == 1 and text.index("old serving") < text.index("second")
     assert [p.name for p in tmp_path.iterdir()] == ["benchmarks.md"]
+
+
+SIGTERM_CHILD = """
+import sys, time
+from pathlib import Path
+from scripts import bench_serving
+from scripts.bench_servers import free_port, serving
+
+def run(args, argv):
+    port = free_port()
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    with serving(cmd, port=port, log=Path(sys.argv[1]) / "log", ready_path="/") as server:
+        (Path(sys.argv[1]) / "url").write_text(server.url)
+        time.sleep(60)
+    return 0
+
+bench_serving._run = run
+sys.exit(bench_serving.main([]))
+"""
+
+
+def test_sigterm_stops_the_servers_and_exits_130(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    from scripts.bench_common import ROOT
+
+    # GIVEN a serving run with a server up
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, str(tmp_path)], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "url").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.1)
+    url = (tmp_path / "url").read_text()
+    # WHEN the run gets SIGTERM
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    # THEN it says so, exits 130, and its server is gone
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted: servers stopped, nothing written"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/", timeout=2)
