@@ -80,6 +80,7 @@ def serving(
     import httpx
 
     url = f"http://127.0.0.1:{port}"
+    name = command[2] if command[1:2] == ["-m"] else Path(command[1]).name  # the module or script it runs
     start = time.perf_counter()
     with log.open("wb") as sink:
         proc = subprocess.Popen(list(command), env={**os.environ, **(env or {})}, stdout=sink,
@@ -92,9 +93,9 @@ def serving(
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None:
-                raise ServerFailed(f"{Path(command[1]).name} exited with {proc.returncode}: {_last_line(log)}")
+                raise ServerFailed(f"{name} exited with {proc.returncode}: {_last_line(log)}")
             if time.perf_counter() - start > timeout_s:
-                raise ServerFailed(f"{Path(command[1]).name} not ready after {timeout_s:.0f} s: {_last_line(log)}")
+                raise ServerFailed(f"{name} not ready after {timeout_s:.0f} s: {_last_line(log)}")
             time.sleep(0.5)
         yield Server(url, time.perf_counter() - start, log)
     finally:

@@ -6,7 +6,8 @@
 
 For each model (Llama-shaped, head dim 64, vocab of the tokenizer made in code; 4 LoRA adapters r=16 on
 q/k/v/o) it serves the same model dir through scripts/serve_local.py and through vLLM's OpenAI server
-(``--enable-lora``, the same adapters), and sends the same prompts: greedy, ``ignore_eos``, the same
+(``--enable-lora``, the same adapters), both up at once and taking turns (so both see the same machine,
+which may be shared), and sends the same prompts: greedy, ``ignore_eos``, the same
 token count, at each client count, clients starting a few ms apart and each sending several requests in
 a row, round-robin over the base model and the 4 adapters. Every answer's token count is checked (ours
 ``details.generated_tokens``, vLLM's ``usage.completion_tokens``). Our side also measures, in the same
@@ -22,6 +23,7 @@ written); 2 bad command line; 130 interrupted (Ctrl-C or SIGTERM: the servers ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import shlex
@@ -46,6 +48,7 @@ from scripts.bench_common import (
     write_doc,
 )
 from scripts.bench_servers import (
+    Server,
     ServerFailed,
     free_port,
     ours_command,
@@ -148,60 +151,81 @@ def build(work: Path, config: TinyModelConfig) -> Path:
     return work
 
 
-def _loaded_runs(url: str, api: Api, load: Load) -> dict[str, Any]:
-    """The side-by-side runs at each client count (after one untimed request per model name)."""
-    names = [BASE, *ADAPTERS]
-    drive(url, api, [[(PROMPTS[0], name) for name in names]], load.new_tokens, 0)
-    out: dict[str, Any] = {}
-    for count in load.clients:
-        out[str(count)] = drive(url, api, plan(count, load.per_client, PROMPTS, names), load.new_tokens,
-                                load.stagger_s).summary()
-        print(f"  {api.name} {count} clients: {out[str(count)]}", flush=True)
-    out["ttft"] = ttft_during_stream(url, api, PROMPTS[1], long_tokens=load.long_tokens,
-                                     new_tokens=load.new_tokens, after_tokens=8)
-    print(f"  {api.name} ttft: {out['ttft']}", flush=True)
-    return out
-
-
-def ours(model_dir: Path, load: Load, device: str) -> dict[str, Any]:
-    """In-process batches through ``run()``, then the endpoint under load."""
+def in_process(model_dir: Path, load: Load, device: str) -> dict[str, Any]:
+    """Our side's batches through the handler's ``run()``: the ideal static batch, mixed vs single adapter."""
     settings = HandlerSettings(device=device, max_new_tokens=max(load.new_tokens, load.long_tokens),
                                default_max_new_tokens=min(30, load.new_tokens), time_budget_s=0)
     lm = load_model(model_dir, settings)
-    out: dict[str, Any] = {"params": sum(p.numel() for p in lm.model.parameters()), "load_at_start": load_average()}
+    # The base model's parameters: the adapters' LoRA factors are not counted.
+    params = sum(p.numel() for name, p in lm.model.named_parameters() if "lora_" not in name)
+    out: dict[str, Any] = {"params": params, "load_at_start": load_average()}
     out["static"] = bench_static(lm, STATIC_ROWS, load.new_tokens, load.repeat)
     out["mixed"] = bench_mixed(lm, STATIC_ROWS, load.new_tokens, load.repeat)
     print(f"  ours in-process: static {out['static']}, mixed {out['mixed']}", flush=True)
     del lm
     gc.collect()
-    port = free_port()
-    env = ours_env(device, max_new_tokens=settings.max_new_tokens, max_batch_rows=max(load.batch_size, STATIC_ROWS))
-    with serving(ours_command(model_dir, port, batch_size=load.batch_size, delay_ms=load.delay_ms), port=port,
-                 log=model_dir / "ours.log", env=env, timeout_s=300) as server:
-        out["startup_s"] = server.startup_s
-        out.update(_loaded_runs(server.url, OURS, load))
-        same = [PROMPTS[0]]
-        out["identical_1"] = drive(server.url, OURS, plan(1, load.per_client, same, [BASE]), load.new_tokens,
-                                   0).summary()
-        out["identical_16"] = drive(server.url, OURS, plan(STATIC_ROWS, load.per_client, same, [BASE]),
-                                    load.new_tokens, load.stagger_s).summary()
-        print(f"  ours identical prompts: 1 {out['identical_1']}, 16 {out['identical_16']}", flush=True)
     return out
 
 
-def peer(python: str, model_dir: Path, load: Load, omp_bind: str, timeout_s: float) -> dict[str, Any]:
-    """vLLM's OpenAI server under the same load; ``{"skipped": why}`` if it cannot run."""
+@dataclass(frozen=True)
+class Peer:
+    python: str
+    omp_bind: str
+    timeout_s: float
+
+    def start(self, model_dir: Path, load: Load) -> tuple[contextlib.AbstractContextManager[Server], dict[str, str]]:
+        port = free_port()
+        cmd = vllm_command(self.python, model_dir, port, adapters=ADAPTERS, max_num_seqs=max(load.clients),
+                           max_model_len=1024)
+        env = vllm_env(os.cpu_count() or 1) if self.omp_bind == "all" else {"VLLM_CPU_KVCACHE_SPACE": "1"}
+        return serving(cmd, port=port, log=model_dir / "vllm.log", ready_path="/health", env=env,
+                       timeout_s=self.timeout_s), env
+
+
+def _run_one(out: dict[str, Any], key: str, url: str, api: Api, requests: list[list[tuple[str, str]]],
+             load: Load) -> None:
+    out[key] = {**drive(url, api, requests, load.new_tokens, load.stagger_s).summary(), "load_before": load_average()}
+    print(f"  {api.name} {key}: {out[key]}", flush=True)
+
+
+def served(model_dir: Path, load: Load, device: str, peer: Peer | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Both servers up at once, the same load on each in turn (which goes first alternates by client count),
+    so that both sides see the same machine; then our side's identical-prompt runs. The peer's figures are
+    ``{"skipped": why}`` if it cannot start."""
+    mine: dict[str, Any] = {}
+    theirs: dict[str, Any] | None = None
     port = free_port()
-    cmd = vllm_command(python, model_dir, port, adapters=ADAPTERS, max_num_seqs=max(load.clients),
-                       max_model_len=1024)
-    env = vllm_env(os.cpu_count() or 1) if omp_bind == "all" else {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    try:
-        with serving(cmd, port=port, log=model_dir / "vllm.log", ready_path="/health", env=env,
-                     timeout_s=timeout_s) as server:
-            return {"startup_s": server.startup_s, "env": env, "load_at_start": load_average(),
-                    **_loaded_runs(server.url, VLLM, load)}
-    except ServerFailed as err:
-        return {"skipped": str(err)}
+    env = ours_env(device, max_new_tokens=max(load.new_tokens, load.long_tokens),
+                   max_batch_rows=max(load.batch_size, STATIC_ROWS))
+    with contextlib.ExitStack() as stack:
+        ours_server = stack.enter_context(serving(
+            ours_command(model_dir, port, batch_size=load.batch_size, delay_ms=load.delay_ms), port=port,
+            log=model_dir / "ours.log", env=env, timeout_s=300))
+        mine.update(startup_s=ours_server.startup_s, load_at_serving=load_average())
+        sides = [(OURS, ours_server.url, mine)]
+        if peer is not None:
+            context, peer_env = peer.start(model_dir, load)
+            try:
+                server = stack.enter_context(context)
+            except ServerFailed as err:
+                theirs = {"skipped": str(err)}
+            else:
+                theirs = {"startup_s": server.startup_s, "env": peer_env, "load_at_serving": load_average()}
+                sides.append((VLLM, server.url, theirs))
+        names = [BASE, *ADAPTERS]
+        for api, url, _ in sides:  # one untimed request per model name: every adapter is loaded and warm
+            drive(url, api, [[(PROMPTS[0], name) for name in names]], load.new_tokens, 0)
+        for index, count in enumerate(load.clients):
+            for api, url, out in sides if index % 2 == 0 else sides[::-1]:
+                _run_one(out, str(count), url, api, plan(count, load.per_client, PROMPTS, names), load)
+        for api, url, out in sides:
+            out["ttft"] = ttft_during_stream(url, api, PROMPTS[1], long_tokens=load.long_tokens,
+                                             new_tokens=load.new_tokens, after_tokens=8)
+            print(f"  {api.name} ttft: {out['ttft']}", flush=True)
+        same = [PROMPTS[0]]
+        _run_one(mine, "identical_1", ours_server.url, OURS, plan(1, load.per_client, same, [BASE]), load)
+        _run_one(mine, "identical_16", ours_server.url, OURS, plan(STATIC_ROWS, load.per_client, same, [BASE]), load)
+    return mine, theirs
 
 
 class _Terminated(Exception):
@@ -246,15 +270,18 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         for name in args.models:
             print(f"model {name}", flush=True)
             model_dir = build(Path(tmp) / name, MODELS[name])
+            versions = figures.get("peer_versions", {})
+            peer = Peer(args.peer_python, args.peer_omp_bind, args.peer_timeout) \
+                if args.peer_python and "error" not in versions else None
+            row: dict[str, Any] = {"ours": in_process(model_dir, load, args.device)}
             try:
-                row: dict[str, Any] = {"ours": ours(model_dir, load, args.device)}
+                mine, theirs = served(model_dir, load, args.device, peer)
             except ServerFailed as err:
                 print(f"error: our endpoint failed: {err}", file=sys.stderr)
                 return 1
+            row["ours"].update(mine)
             if args.peer_python:
-                versions = figures["peer_versions"]
-                row["vllm"] = ({"skipped": versions["error"]} if "error" in versions else
-                               peer(args.peer_python, model_dir, load, args.peer_omp_bind, args.peer_timeout))
+                row["vllm"] = {"skipped": versions["error"]} if "error" in versions else theirs
                 peer_failed |= "skipped" in row["vllm"]
             figures["models"][name] = row
     figures["load_after"] = load_average()

@@ -77,7 +77,7 @@ def _summary(tok_s: float, p50: float) -> dict[str, Any]:
 
 def _figures(vllm: dict[str, Any]) -> dict[str, Any]:
     ttft = {"solo_ttft_s": 0.05, "step_s": 0.01, "ttft_during_s": 1.2, "bound_s": 0.07, "long_finished_first": True}
-    ours = {"params": 21_000_000, "startup_s": 5.0, "load_at_start": 0.25, "ttft": ttft,
+    ours = {"params": 21_000_000, "startup_s": 5.0, "load_at_start": 0.25, "load_at_serving": 1.75, "ttft": ttft,
             "1": _summary(100, 0.6), "16": _summary(400, 2.4),
             "static": {"rows": 16, "seconds": 2.0, "tok_s": 500.0}, "identical_1": _summary(110, 0.5),
             "identical_16": _summary(450, 2.0),
@@ -91,7 +91,7 @@ def _figures(vllm: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_section_sets_the_sides_next_to_each_other_with_the_targets() -> None:
-    vllm = {"startup_s": 40.0, "load_at_start": 1.75, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}, "1": _summary(50, 1.0),
+    vllm = {"startup_s": 40.0, "load_at_serving": 1.75, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}, "1": _summary(50, 1.0),
             "16": _summary(380, 2.0), "ttft": None}
     text = render(_figures(vllm), "python scripts/bench.py serving")
     assert text.startswith(PEER_BEGIN) and text.endswith(PEER_END)
@@ -167,3 +167,23 @@ def test_sigterm_stops_the_servers_and_exits_130(tmp_path: Path) -> None:
     assert err.strip().splitlines()[-1] == "interrupted: servers stopped, nothing written"
     with pytest.raises(httpx.HTTPError):
         httpx.get(url + "/", timeout=2)
+
+
+def test_a_peer_that_cannot_start_is_reported_and_our_side_still_runs(tmp_path: Path) -> None:
+    from scripts.bench_serving import MODELS, Load, Peer, build, served
+
+    # GIVEN the smallest model dir and a "python" for the peer that fails the way a broken venv does
+    model_dir = build(tmp_path / "model", MODELS["quick"])
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named vllm' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    load = Load(clients=(1, 2), per_client=1, new_tokens=4, stagger_s=0.0, long_tokens=12, batch_size=4,
+                delay_ms=10, repeat=1)
+    # WHEN both sides are served
+    mine, theirs = served(model_dir, load, "cpu", Peer(str(broken), "all", timeout_s=60))
+    # THEN the peer says why it did not run, and ours has every run, each with the tokens asked for
+    assert theirs == {"skipped": "vllm.entrypoints.openai.api_server exited with 1: "
+                                 "ModuleNotFoundError: No module named vllm"}
+    for key, requests in (("1", 1), ("2", 2), ("identical_1", 1), ("identical_16", 16)):
+        assert (mine[key]["requests"], mine[key]["errors"], mine[key]["wrong_counts"]) == (requests, 0, 0), key
+    assert mine["ttft"]["solo_ttft_s"] > 0
