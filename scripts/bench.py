@@ -7,6 +7,7 @@ docs/benchmarks.md with the command and the machine. A script, not a test: it as
     python scripts/bench.py                 # CPU, default sizes (a few minutes on 2 cores)
     python scripts/bench.py --device cuda   # the same on a GPU
     python scripts/bench.py --quick         # smaller, for a smoke run
+    python scripts/bench.py serving --help  # the side-by-side run against vLLM's OpenAI server
 """
 
 from __future__ import annotations
@@ -15,17 +16,10 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
-import platform
 import shlex
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +28,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from handler.config import HandlerSettings  # noqa: E402
-from handler.generate import GenerateRequest  # noqa: E402
 from handler.loading import LoadedModel, load_model  # noqa: E402
-from handler.sampling import SamplingParams  # noqa: E402
 from handler.service import run  # noqa: E402
-from scripts.tiny_model import TinyModelConfig, build_lora_adapter, build_tiny_model  # noqa: E402
+from scripts.bench_clients import BASE, OURS, drive, plan  # noqa: E402
+from scripts.bench_common import PROMPTS, bench_mixed, machine, release, request, timed, tokens_of, write_doc  # noqa: E402
+from scripts.bench_servers import ServerFailed, free_port, ours_command, ours_env, serving  # noqa: E402
+from scripts.tiny_model import BENCH_CONFIG, TinyModelConfig, build_lora_adapter, build_tiny_model  # noqa: E402
 
 BENCH_BEGIN, BENCH_END = "<!-- bench:serving -->", "<!-- /bench:serving -->"
-# Every request runs to exactly new_tokens (ignore_eos): the random model's early EOS would otherwise
-# make latencies incomparable.
-PROMPTS = ["The quick brown fox", "A LoRA adapter adds", "SageMaker endpoints serve", "Hello world, this is"]
-
-
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Median wall time of ``repeat`` calls after one warm-up, and the last result."""
-    result = fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def build_models(work: Path, config: TinyModelConfig, adapters: int) -> dict[str, Path]:
@@ -87,19 +68,6 @@ def build_models(work: Path, config: TinyModelConfig, adapters: int) -> dict[str
     return dirs
 
 
-def request(lm: LoadedModel, prompts: list[str], adapters: list[str | None], new_tokens: int) -> GenerateRequest:
-    return GenerateRequest(
-        inputs=tuple(prompts),
-        adapters=tuple(adapters),
-        is_list=True,
-        params=SamplingParams(max_new_tokens=new_tokens, ignore_eos=True),
-    )
-
-
-def tokens_of(answers: list[Any]) -> int:
-    return sum(item["details"]["generated_tokens"] for answer in answers for item in answer)
-
-
 def bench_overhead(base_lm: LoadedModel, new_tokens: int, repeat: int) -> dict[str, float]:
     """The handler's path (``service.run``, what predict_fn and handle() call) vs a bare ``model.generate``
     on the same inputs, greedy, batch 1. Compared per generated token: either side may stop at EOS."""
@@ -121,7 +89,7 @@ def bench_overhead(base_lm: LoadedModel, new_tokens: int, repeat: int) -> dict[s
         return int(out.shape[1] - ids.shape[1])
 
     bare_s, bare_tokens = timed(bare, repeat)
-    handler_s, answers = timed(lambda: run(base_lm, [request(base_lm, [prompt], [None], new_tokens)]), repeat)
+    handler_s, answers = timed(lambda: run(base_lm, [request([prompt], [None], new_tokens)]), repeat)
     handler_tokens = tokens_of(answers)
     per_bare, per_handler = bare_s / bare_tokens, handler_s / handler_tokens
     return {
@@ -133,18 +101,6 @@ def bench_overhead(base_lm: LoadedModel, new_tokens: int, repeat: int) -> dict[s
     }
 
 
-def bench_mixed(multi: LoadedModel, rows: int, new_tokens: int, repeat: int) -> dict[str, float]:
-    """One batch of ``rows`` rows: all on adapter a0 vs spread over four adapters."""
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(rows)]
-    names = sorted(multi.adapters)
-    single_s, single = timed(lambda: run(multi, [request(multi, prompts, ["a0"] * rows, new_tokens)]), repeat)
-    mixed_s, mixed = timed(
-        lambda: run(multi, [request(multi, prompts, [names[i % len(names)] for i in range(rows)], new_tokens)]), repeat
-    )
-    single_tps, mixed_tps = tokens_of(single) / single_s, tokens_of(mixed) / mixed_s
-    return {"single_adapter_tok_s": single_tps, "mixed_adapter_tok_s": mixed_tps, "ratio": mixed_tps / single_tps}
-
-
 def bench_merged(dirs: dict[str, Path], settings: HandlerSettings, new_tokens: int, repeat: int) -> dict[str, float]:
     """Latency of one request: base model, adapter unmerged (peft), adapter merged into the weights."""
     out: dict[str, float] = {}
@@ -154,9 +110,9 @@ def bench_merged(dirs: dict[str, Path], settings: HandlerSettings, new_tokens: i
         ("merged", dirs["single"], True, None),
     ):
         lm = load_model(path, dataclasses.replace(settings, merge=merge))
-        one = request(lm, [PROMPTS[1]], [adapter], new_tokens)
+        one = request([PROMPTS[1]], [adapter], new_tokens)
         out[f"{label}_s"], _ = timed(functools.partial(run, lm, [one]), repeat)
-        del lm
+        release(lm)
     out["merged_vs_base_pct"] = 100 * (out["merged_s"] / out["base_s"] - 1)
     out["unmerged_vs_base_pct"] = 100 * (out["unmerged_s"] / out["base_s"] - 1)
     return out
@@ -175,7 +131,7 @@ def bench_cold_start(dirs: dict[str, Path], settings: HandlerSettings) -> dict[s
     lm = load_model(dirs["multi"], settings)
     handler_s = time.perf_counter() - start
     device = lm.device
-    del lm
+    release(lm)
     start = time.perf_counter()
     AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(
@@ -189,107 +145,36 @@ def bench_cold_start(dirs: dict[str, Path], settings: HandlerSettings) -> dict[s
     return {"model_fn_s": handler_s, "raw_load_s": raw_s}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def bench_endpoint(
     model_dir: Path,
-    settings_env: dict[str, str],
+    device: str,
+    max_new_tokens: int,
     clients: list[int],
     per_client: int,
     new_tokens: int,
-    batch_size: int,
-    delay_ms: int,
+    max_rows: int,
 ) -> dict[str, Any]:
-    """Throughput and latency through the local endpoint at several client counts."""
-    import httpx
-
-    serve = ROOT / "scripts" / "serve_local.py"
-    if not serve.exists():
-        return {"skipped": "scripts/serve_local.py is not in this checkout"}
+    """Throughput and latency through the local endpoint at several client counts: the engine running one
+    request at a time (``LORA_MAX_BATCH_ROWS=1``, the sequential baseline) vs up to ``max_rows`` rows."""
     results: dict[str, Any] = {}
-    for label, size in (("sequential", 1), ("batched", batch_size)):
-        port = _free_port()
-        cmd = [
-            sys.executable,
-            str(serve),
-            str(model_dir),
-            "--port",
-            str(port),
-            "--batch-size",
-            str(size),
-            "--max-batch-delay-ms",
-            str(delay_ms if size > 1 else 0),
-        ]
-        proc = subprocess.Popen(
-            cmd, env={**os.environ, **settings_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+    for label, rows in (("sequential", 1), ("batched", max_rows)):
+        port = free_port()
+        env = ours_env(device, max_new_tokens=max_new_tokens, max_batch_rows=rows)
         try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None:
-                    return {"skipped": f"serve_local exited with {proc.returncode}"}
-                time.sleep(0.5)
-            for count in clients if size > 1 else [1]:
-                results[f"{label}_{count}"] = _drive(
-                    url, count, per_client if count > 1 else per_client * 2, new_tokens
-                )
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            with serving(ours_command(model_dir, port), port=port, log=model_dir.parent / f"serve-{label}.log",
+                         env=env, timeout_s=300) as server:
+                for count in clients if rows > 1 else [1]:
+                    results[f"{label}_{count}"] = _drive(
+                        server.url, count, per_client if count > 1 else per_client * 2, new_tokens
+                    )
+        except ServerFailed as err:
+            return {"skipped": str(err)}
     return results
 
 
-def _drive(url: str, clients: int, per_client: int, new_tokens: int) -> dict[str, float]:
-    import httpx
-
-    latencies: list[float] = []
-    tokens = [0]
-    errors = [0]
-    lock = threading.Lock()
-
-    def client(index: int) -> None:
-        with httpx.Client(timeout=300) as http:
-            for j in range(per_client):
-                body = {
-                    "inputs": PROMPTS[(index + j) % len(PROMPTS)],
-                    "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True},
-                }
-                start = time.perf_counter()
-                response = http.post(f"{url}/invocations", json=body)
-                elapsed = time.perf_counter() - start
-                with lock:
-                    if response.status_code != 200:
-                        errors[0] += 1
-                        continue
-                    latencies.append(elapsed)
-                    tokens[0] += response.json()["details"]["generated_tokens"]
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "clients": clients,
-        "requests": len(latencies),
-        "errors": errors[0],
-        "tok_s": tokens[0] / wall,
-        "p50_s": statistics.median(latencies) if latencies else float("nan"),
-        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
-    }
+def _drive(url: str, clients: int, per_client: int, new_tokens: int) -> dict[str, Any]:
+    """``clients`` clients at once on the base model, each sending ``per_client`` requests in a row."""
+    return drive(url, OURS, plan(clients, per_client, PROMPTS, [BASE]), new_tokens, stagger_s=0).summary()
 
 
 def render(figures: dict[str, Any], command: str, machine: str) -> str:
@@ -307,7 +192,7 @@ def render(figures: dict[str, Any], command: str, machine: str) -> str:
         f"| handler overhead: `run()` vs bare `generate` (batch 1, {figures['new_tokens']} tokens) | "
         f"{o['handler_s'] * 1000:.0f} ms vs {o['bare_generate_s'] * 1000:.0f} ms = {o['overhead_pct']:+.1f}% | <= 5% |",
         f"| mixed-adapter batch (4 adapters) vs single-adapter batch, {figures['rows']} rows | "
-        f"{m['mixed_adapter_tok_s']:.0f} vs {m['single_adapter_tok_s']:.0f} tok/s = {m['ratio']:.2f}x | >= 0.8x |",
+        f"{m['mixed_adapter_tok_s']:.0f} vs {m['single_adapter_tok_s']:.0f} tok/s = {m['ratio']:.2f}x | >= 0.95x |",
         f"| merged single adapter vs base latency | {g['merged_s'] * 1000:.0f} ms vs {g['base_s'] * 1000:.0f} ms "
         f"= {g['merged_vs_base_pct']:+.1f}% | within 3% |",
         f"| unmerged (peft) single adapter vs base latency | {g['unmerged_s'] * 1000:.0f} ms "
@@ -322,7 +207,8 @@ def render(figures: dict[str, Any], command: str, machine: str) -> str:
         for key in sorted((k for k in e if k.startswith("batched_")), key=lambda k: int(k.split("_")[1])):
             r = e[key]
             lines.append(
-                f"| local endpoint, {r['clients']} clients (batch {figures['batch_size']}) vs sequential | "
+                f"| local endpoint, {r['clients']} clients (engine, up to {figures['max_rows']} rows) "
+                "vs one at a time | "
                 f"{r['tok_s']:.0f} vs {seq['tok_s']:.0f} tok/s = {r['tok_s'] / seq['tok_s']:.1f}x; "
                 f"p50 {r['p50_s']:.2f} s ({r['p50_s'] / seq['p50_s']:.1f}x single), p99 {r['p99_s']:.2f} s, "
                 f"{r['errors']} errors | 16 clients: >= 6x tok/s, p50 <= 3x |"
@@ -331,57 +217,30 @@ def render(figures: dict[str, Any], command: str, machine: str) -> str:
     return "\n".join(lines)
 
 
-def write_doc(section: str, path: Path) -> None:
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmarks\n\nEvery figure here was written by the command shown with it.\n"
-    )
-    if BENCH_BEGIN in text and BENCH_END in text:
-        head, rest = text.split(BENCH_BEGIN, 1)
-        text = head + section + rest.split(BENCH_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["serving"]:
+        from scripts.bench_serving import main as serving_main
+
+        return serving_main(args_in[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="small model and counts (smoke run; figures not written)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--rows", type=int, default=16, help="rows in the mixed-adapter batch")
     parser.add_argument("--clients", default="1,4,8,16", help="client counts for the endpoint run")
-    parser.add_argument("--batch-size", type=int, default=16, help="local endpoint batch size")
-    parser.add_argument("--max-batch-delay-ms", type=int, default=50)
+    parser.add_argument("--max-rows", type=int, default=16,
+                        help="the local endpoint engine's LORA_MAX_BATCH_ROWS for the endpoint run (default: 16)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-
-    import torch
+    args = parser.parse_args(args_in)
 
     config = (
-        TinyModelConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            initializer_range=0.02,
-        )
+        TinyModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.02)
         if args.quick
-        else TinyModelConfig(
-            hidden_size=512,
-            intermediate_size=1408,
-            num_hidden_layers=6,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            max_position_embeddings=1024,
-            initializer_range=0.02,
-        )
+        else BENCH_CONFIG
     )
     settings = HandlerSettings(
         device=args.device,
@@ -389,10 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         default_max_new_tokens=min(30, args.new_tokens),
         time_budget_s=0,
     )
-    figures: dict[str, Any] = {"new_tokens": args.new_tokens, "rows": args.rows, "batch_size": args.batch_size}
+    figures: dict[str, Any] = {"new_tokens": args.new_tokens, "rows": args.rows, "max_rows": args.max_rows}
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
         dirs = build_models(Path(tmp), config, adapters=4)
-        params = sum(p.numel() for p in load_model(dirs["base"], settings).model.parameters())
+        probe = load_model(dirs["base"], settings)
+        params = sum(p.numel() for p in probe.model.parameters())
+        release(probe)
         figures["model"] = (
             f"Llama hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
             f"{params / 1e6:.1f}M parameters, LoRA r=16 on q/k/v/o, float32"
@@ -403,41 +264,30 @@ def main(argv: list[str] | None = None) -> int:
         base_lm = load_model(dirs["base"], settings)
         figures["overhead"] = bench_overhead(base_lm, args.new_tokens, args.repeat)
         print("overhead", figures["overhead"], flush=True)
-        del base_lm
+        release(base_lm)
         multi = load_model(dirs["multi"], settings)
         figures["mixed"] = bench_mixed(multi, args.rows, args.new_tokens, args.repeat)
         print("mixed", figures["mixed"], flush=True)
-        del multi
+        release(multi)
         figures["merged"] = bench_merged(dirs, settings, args.new_tokens, args.repeat)
         print("merged", figures["merged"], flush=True)
         figures["cold_start"] = bench_cold_start(dirs, settings)
         print("cold start", figures["cold_start"], flush=True)
-        env = {
-            "LORA_DEVICE": args.device,
-            "LORA_MAX_NEW_TOKENS": str(settings.max_new_tokens),
-            "LORA_TIME_BUDGET_S": "0",
-            "LORA_MAX_BATCH_ROWS": str(max(args.batch_size, 16)),
-        }
         figures["endpoint"] = bench_endpoint(
             dirs["base"],
-            env,
+            args.device,
+            settings.max_new_tokens,
             [int(c) for c in args.clients.split(",")],
             per_client=3 if not args.quick else 1,
             new_tokens=args.new_tokens,
-            batch_size=args.batch_size,
-            delay_ms=args.max_batch_delay_ms,
+            max_rows=args.max_rows,
         )
         print("endpoint", figures["endpoint"], flush=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, device {args.device}" + (
-        f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""
-    )
-    command = "python scripts/bench.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
-    section = render(figures, command.strip(), machine)
+    command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in args_in)
+    section = render(figures, command.strip(), machine(args.device))
     print(section)
     if not (args.quick or args.no_write):
-        write_doc(section, args.output)
+        write_doc(section, args.output, BENCH_BEGIN, BENCH_END)
         print(f"wrote {args.output}")
     return 0
 
