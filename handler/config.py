@@ -22,6 +22,7 @@ ENV_DEFAULT_ADAPTER = "LORA_DEFAULT_ADAPTER"
 ENV_DTYPE = "LORA_DTYPE"
 ENV_DEVICE = "LORA_DEVICE"
 ENV_MERGE = "LORA_MERGE"
+ENV_CPU_PREPACK = "LORA_CPU_PREPACK"
 ENV_MAX_NEW_TOKENS = "LORA_MAX_NEW_TOKENS"
 ENV_DEFAULT_MAX_NEW_TOKENS = "LORA_DEFAULT_MAX_NEW_TOKENS"
 ENV_MAX_INPUT_TOKENS = "LORA_MAX_INPUT_TOKENS"
@@ -96,6 +97,9 @@ class HandlerSettings:
     device: str = "auto"
     merge: bool = False
     """Merge the adapter into the base weights (only when exactly one adapter is served)."""
+    cpu_prepack: bool = True
+    """On a CPU, keep float32 linear weights also in oneDNN's packed layout (faster decoding, twice the
+    linear weights' memory); see handler/prepack.py."""
     max_new_tokens: int = 1024
     """Server-side cap on ``max_new_tokens``."""
     default_max_new_tokens: int = 30

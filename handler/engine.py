@@ -488,7 +488,10 @@ class Engine:
         self._finished.clear()
 
     def _fail_all(self, err: HandlerError) -> None:
-        self._fail_running(err)
+        import torch
+
+        with torch.inference_mode():  # rows leaving move cache rows, which are inference tensors
+            self._fail_running(err)
         for waiting in (*self._waiting, *self._inbox):
             waiting.handle._put(err)
         self._waiting.clear()

@@ -188,6 +188,12 @@ def load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel:
         model = model.merge_and_unload()
         merged = next(iter(adapters))
     model.eval()
+    if settings.cpu_prepack and device.type == "cpu":
+        from .prepack import prepack
+
+        packed = prepack(model)
+        if packed:
+            log.info("%d linear layers packed for oneDNN (LORA_CPU_PREPACK)", packed)
 
     context = _context_length(model.config, tokenizer)
     if settings.max_input_tokens:

@@ -5,19 +5,23 @@ small matmuls and a scatter each). Here, for the duration of ``routing``, every 
 forward that runs its base layer once and adds one LoRA delta for all rows (the S-LoRA / Punica idea in
 plain torch); peft still loads and validates the adapters, and its forwards are put back after.
 
-The delta, per layer, for ``x`` of ``[rows, q, in]`` (dim 0 the routed rows; q = 1 decode, q > 1 prefill):
-the layer's adapters are concatenated once, ``A = [A_1; ...; A_n]`` (``[sum r_i, in]``) and
+The delta, per layer, for ``x`` of ``[rows, q, in]`` (q = 1 decode, q > 1 prefill): the layer's
+adapters are concatenated once, ``A = [A_1; ...; A_n]`` (``[sum r_i, in]``) and
 ``B = [s_1 B_1, ..., s_n B_n]`` (each adapter's per-layer peft scaling folded in, so mixed ranks,
-``rank_pattern`` and ``alpha_pattern`` need no padding). A step computes ``h = x A^T`` for the rows that
-have an adapter, zeroes in each row the other adapters' columns, and adds ``h B^T``: two dense GEMMs and
-a fill per layer. Why not gather each row's factors (``A[idx]`` as ``[rows, r, in]``, then ``bmm``): on
-CPU the gather copies ``rows * r * in`` values per layer and batched tiny matmuls are slower than one
-GEMM (decode, 16 rows x 512 wide, 4 adapters, r=16, per layer: 111 us dense, 144 us gathered, 198 us
-peft's loop, 122 us one adapter); on a GPU decode is bound by memory reads, and the dense form reads
-each adapter present once where the gather reads it once per row. The price is compute on the other
-adapters' columns (``n_present`` times one adapter's LoRA flops, small next to the base layer); prefill
-stays ahead too (16 rows x 16 tokens, whole 20M model: 76 ms dense, 83 ms per-adapter sub-batches,
-73 ms one adapter on peft's plain path). Base rows are left out of ``h``; a layer none of whose
+``rank_pattern`` and ``alpha_pattern`` need no padding). A step computes ``h = x A^T`` for every row,
+zeroes in each row the columns of the adapters that are not its own (all of them for a base row), and
+adds ``h B^T``: two dense GEMMs and a fill per layer. On a CPU both GEMMs run on oneDNN-packed copies of
+``A`` and ``B`` (handler/prepack.py), as the base layers do. Why not gather each row's factors
+(``A[idx]`` as ``[rows, r, in]``, then ``bmm``): on CPU the gather copies ``rows * r * in`` values per
+layer and batched tiny matmuls are slower than one GEMM (decode, 16 rows x 512 wide, 4 adapters, r=16,
+per layer: 111 us dense, 144 us gathered, 198 us peft's loop, 122 us one adapter); on a GPU decode is
+bound by memory reads, and the dense form reads each adapter present once where the gather reads it once
+per row. The price is compute on the other adapters' columns (``n_present`` times one adapter's LoRA
+flops, small next to the base layer); prefill stays ahead too (16 rows x 16 tokens, whole 20M model: 76
+ms dense, 83 ms per-adapter sub-batches, 73 ms one adapter on peft's plain path). Base rows go through
+the GEMMs with every column zeroed, so their delta is exactly 0: selecting the adapter rows and
+scattering their delta back (``index_select`` / ``index_add``) cost more on a CPU than the rows saved (16
+rows on the 166M model, 4 adapters and base rows: 253 vs 183 tok/s). A layer none of whose
 adapters is in the batch runs its base layer alone.
 
 Imports torch / peft lazily. Not thread-safe: callers hold the model lock.
@@ -31,6 +35,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from . import prepack
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,8 @@ class _Stack:
     ranks: tuple[int, ...]
     a: Any  # [sum r, in]
     b: Any  # [out, sum r], scaling folded in
+    a_packed: Any = None  # prepack.pack(a), pack(b): None where packing does not apply
+    b_packed: Any = None
     # What the copy was made from: peft's factor weights with their version counters (an in-place write,
     # e.g. loading new values into a loaded adapter, bumps them) and the scalings.
     sources: tuple[tuple[Any, int], ...] = ()
@@ -62,33 +70,42 @@ class _Stack:
     broken: str | None = None  # an adapter whose factors hold NaN or infinity
     # The factors of a subset of ``names`` (the adapters of the current batch): one entry, since a decode
     # loop keeps its adapter set for many steps.
-    subset: tuple[tuple[str, ...], Any, Any] | None = None
+    subset: tuple[tuple[str, ...], _Factors] | None = None
 
     def stale(self) -> bool:
         return any(w._version != v for w, v in self.sources) or self.scales != tuple(
             self.layer.scaling[n] for n in self.names
         )
 
-    def factors(self, present: tuple[str, ...]) -> tuple[Any, Any]:
+    def factors(self, present: tuple[str, ...]) -> _Factors:
         if present == self.names:
-            return self.a, self.b
+            return _Factors(self.a, self.b, self.a_packed, self.b_packed)
         if self.subset is None or self.subset[0] != present:
             import torch
 
             starts = dict(zip(self.names, itertools.accumulate(self.ranks, initial=0), strict=False))
             spans = [(starts[n], starts[n] + self.ranks[self.names.index(n)]) for n in present]
             a = torch.cat([self.a[lo:hi] for lo, hi in spans])
-            b = torch.cat([self.b[:, lo:hi] for lo, hi in spans], dim=1)
-            self.subset = (present, a, b)
-        return self.subset[1], self.subset[2]
+            b = torch.cat([self.b[:, lo:hi] for lo, hi in spans], dim=1).contiguous()
+            self.subset = (present, _Factors(a, b, prepack.pack(a), prepack.pack(b)))
+        return self.subset[1]
+
+
+@dataclass(frozen=True)
+class _Factors:
+    """The A and B a batch multiplies by, with their oneDNN-packed copies (None: plain GEMMs)."""
+
+    a: Any
+    b: Any
+    a_packed: Any
+    b_packed: Any
 
 
 @dataclass
 class _Plan:
     """What the layers sharing one set of present adapters (and ranks, device) need for one batch."""
 
-    rows: Any  # index tensor of the rows with one of these adapters, or None for every row
-    off: Any  # [len(rows), sum r], True on the other adapters' columns; None when a single adapter is present
+    off: Any  # [rows, sum r], True on the columns not of the row's adapter; None when every row has the one adapter
     count: int  # rows of the batch (a forward with another batch size is a caller's error)
 
 
@@ -230,8 +247,10 @@ def _build_stacks(layers: list[Any], names: tuple[str, ...]) -> list[_Stack]:
                     layer=layer,
                     names=held,
                     ranks=tuple(int(p.shape[0]) for p in a_parts),
-                    a=torch.cat([p.to(dtype) for p in a_parts]).contiguous(),
-                    b=torch.cat([p.to(dtype) for p in b_parts], dim=1).contiguous(),
+                    a=(a := torch.cat([p.to(dtype) for p in a_parts]).contiguous()),
+                    b=(b := torch.cat([p.to(dtype) for p in b_parts], dim=1).contiguous()),
+                    a_packed=prepack.pack(a),
+                    b_packed=prepack.pack(b),
                     sources=tuple((w, w._version) for pair in weights for w in pair),
                     scales=tuple(layer.scaling[n] for n in held),
                     broken=next((n for n, pair in zip(held, weights, strict=True) if not all(
@@ -259,8 +278,7 @@ def _forwards(
         if plan is None:
             yield stack.layer, _base_forward(stack.layer.base_layer)
         else:
-            a, b = stack.factors(here)
-            yield stack.layer, _lora_forward(stack.layer.base_layer, a, b, plan)
+            yield stack.layer, _lora_forward(stack.layer.base_layer, stack.factors(here), plan)
     for layer in layers:
         if id(layer) not in stacked:
             yield layer, _base_forward(layer.base_layer)
@@ -269,14 +287,13 @@ def _forwards(
 def _plan(here: tuple[str, ...], ranks: tuple[int, ...], adapters: list[str | None], like: Any) -> _Plan:
     import torch
 
-    rows = [i for i, a in enumerate(adapters) if a in here]
-    index = None if len(rows) == len(adapters) else torch.tensor(rows, device=like.device)
     off = None
-    if len(here) > 1:
+    if len(here) > 1 or any(a not in here for a in adapters):
         owner_of_column = torch.repeat_interleave(torch.arange(len(here)), torch.tensor(ranks))
-        owner_of_row = torch.tensor([here.index(adapters[i] or "") for i in rows])
+        # -1 for a row whose adapter is not in this layer (the base, or one this layer does not adapt)
+        owner_of_row = torch.tensor([here.index(a) if a in here else -1 for a in adapters])
         off = (owner_of_row[:, None] != owner_of_column[None, :]).to(like.device)
-    return _Plan(rows=index, off=off, count=len(adapters))
+    return _Plan(off=off, count=len(adapters))
 
 
 def _base_forward(base: Any) -> Callable[..., Any]:
@@ -287,24 +304,21 @@ def _base_forward(base: Any) -> Callable[..., Any]:
     return forward
 
 
-def _lora_forward(base: Any, a: Any, b: Any, plan: _Plan) -> Callable[..., Any]:
-    import torch.nn.functional as F
-
-    rows, off, count = plan.rows, plan.off, plan.count
+def _lora_forward(base: Any, factors: _Factors, plan: _Plan) -> Callable[..., Any]:
+    off, count = plan.off, plan.count
+    a, b = factors.a, factors.b
 
     def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
         result = base(x, *args, **kwargs)
         if x.shape[0] != count:
             raise ValueError(f"batched LoRA was routed {count} rows but the forward pass has {x.shape[0]}")
-        part = x if rows is None else x.index_select(0, rows)
-        h = F.linear(part.to(a.dtype), a)
+        h = prepack.linear(x.to(a.dtype), a, factors.a_packed)
         if off is not None:
             # A fill, not a 0/1 product: an overflow in another adapter's column (float16) must not
             # become 0 * inf = NaN in this row.
             h.masked_fill_(off.view(off.shape[0], *([1] * (h.dim() - 2)), off.shape[1]), 0)
-        delta = F.linear(h, b).to(result.dtype)
         # Out of place, as peft's plain path: the base layer's output is not ours to write into.
-        return result + delta if rows is None else result.index_add(0, rows, delta)
+        return result + prepack.linear(h, b, factors.b_packed).to(result.dtype)
 
     return forward
 

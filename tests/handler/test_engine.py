@@ -168,3 +168,26 @@ def test_a_request_arriving_during_a_stream_gets_its_first_token_within_two_iter
     assert newcomer.arrived_at is not None and newcomer.first_token_at is not None
     assert newcomer.first_token_at - newcomer.arrived_at <= 1  # admitted and prefilled in the first iteration
     steps.close()
+
+
+def test_stopping_with_rows_running_fails_them_with_model_overloaded(loaded, engine, monkeypatch) -> None:
+    crashes: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))
+    e = engine()
+    # GIVEN five long rows decoding (failing them in any order but last-to-first moves cache rows)
+    texts = ("Hello", "0123", "The quick", "A LoRA", "Sage")
+    handles = [e.submit([row(loaded, text, max_new_tokens=200, ignore_eos=True)]) for text in texts]
+    steps = [h.steps() for h in handles]
+    for s in steps:
+        next(s)
+    waiting = e.submit([row(loaded, "SageMaker", max_new_tokens=3)])
+    # WHEN the engine stops under them
+    e.stop()
+    # THEN the engine thread ends cleanly and every caller gets model_overloaded, never a hang
+    assert not e._thread.is_alive() and crashes == []
+    for s in steps:
+        with pytest.raises(ModelOverloaded):
+            for _ in s:
+                pass
+    with pytest.raises(ModelOverloaded):
+        waiting.results()
