@@ -31,7 +31,17 @@ from handler.config import HandlerSettings  # noqa: E402
 from handler.loading import LoadedModel, load_model  # noqa: E402
 from handler.service import run  # noqa: E402
 from scripts.bench_clients import BASE, OURS, drive, plan  # noqa: E402
-from scripts.bench_common import PROMPTS, bench_mixed, machine, release, request, timed, tokens_of, write_doc  # noqa: E402
+from scripts.bench_common import (  # noqa: E402
+    PROMPTS,
+    bench_mixed,
+    machine,
+    on_fresh_thread,
+    release,
+    request,
+    timed,
+    tokens_of,
+    write_doc,
+)
 from scripts.bench_servers import ServerFailed, free_port, ours_command, ours_env, serving  # noqa: E402
 from scripts.tiny_model import BENCH_CONFIG, TinyModelConfig, build_lora_adapter, build_tiny_model  # noqa: E402
 
@@ -88,7 +98,7 @@ def bench_overhead(base_lm: LoadedModel, new_tokens: int, repeat: int) -> dict[s
             )
         return int(out.shape[1] - ids.shape[1])
 
-    bare_s, bare_tokens = timed(bare, repeat)
+    bare_s, bare_tokens = on_fresh_thread(lambda: timed(bare, repeat))
     handler_s, answers = timed(lambda: run(base_lm, [request([prompt], [None], new_tokens)]), repeat)
     handler_tokens = tokens_of(answers)
     per_bare, per_handler = bare_s / bare_tokens, handler_s / handler_tokens

@@ -8,6 +8,7 @@ import os
 import platform
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,19 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
         result = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def on_fresh_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a thread that ends with it. Torch's OpenMP pool lives as long as the thread that made
+    it, and a second live pool slows the engine thread's (handler/loading.py): a bare-model figure taken
+    on the main thread would slow every engine figure after it."""
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(fn()))
+    worker.start()
+    worker.join()
+    if not out:
+        raise RuntimeError("the benchmark thread failed (its traceback is above)")
+    return out[0]
 
 
 def request(prompts: list[str], adapters: list[str | None], new_tokens: int) -> GenerateRequest:
