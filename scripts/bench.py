@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures: dict[str, Any] = {"new_tokens": args.new_tokens, "rows": args.rows, "max_rows": args.max_rows}
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
-        dirs = build_models(Path(tmp), config, adapters=4)
+        # Built on a thread of its own, as the handler loads: no torch thread pool stays on this one.
+        dirs = on_fresh_thread(lambda: build_models(Path(tmp), config, adapters=4))
         probe = load_model(dirs["base"], settings)
         params = sum(p.numel() for p in probe.model.parameters())
         release(probe)
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         release(multi)
         figures["merged"] = bench_merged(dirs, settings, args.new_tokens, args.repeat)
         print("merged", figures["merged"], flush=True)
-        figures["cold_start"] = bench_cold_start(dirs, settings)
+        figures["cold_start"] = on_fresh_thread(lambda: bench_cold_start(dirs, settings))
         print("cold start", figures["cold_start"], flush=True)
         figures["endpoint"] = bench_endpoint(
             dirs["base"],

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shlex
 import signal
@@ -44,6 +45,7 @@ from scripts.bench_common import (
     commit_label,
     load_average,
     machine,
+    on_fresh_thread,
     release,
     settle,
     write_doc,
@@ -272,7 +274,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="lora-bench-serving-") as tmp:
         for name in args.models:
             print(f"model {name}", flush=True)
-            model_dir = build(Path(tmp) / name, MODELS[name])
+            # On a thread of its own, as the handler loads: no torch thread pool stays on this one.
+            model_dir = on_fresh_thread(functools.partial(build, Path(tmp) / name, MODELS[name]))
             versions = figures.get("peer_versions", {})
             peer = Peer(args.peer_python, args.peer_omp_bind, args.peer_timeout) \
                 if args.peer_python and "error" not in versions else None
