@@ -173,6 +173,7 @@ def bench_endpoint(
         try:
             with serving(ours_command(model_dir, port), port=port, log=model_dir.parent / f"serve-{label}.log",
                          env=env, timeout_s=300) as server:
+                _drive(server.url, 1, 1, new_tokens)  # untimed: first-request costs (kernels for new shapes)
                 for count in clients if rows > 1 else [1]:
                     results[f"{label}_{count}"] = _drive(
                         server.url, count, per_client if count > 1 else per_client * 2, new_tokens
