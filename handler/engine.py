@@ -28,13 +28,13 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import generation
 from .errors import ContextLengthExceeded, GenerationFailed, HandlerError, ModelOverloaded
-from .generation import ERROR, Delta, Row, RowResult, _adapter_routing, _RowState
+from .generation import ERROR, Delta, Row, RowResult, _adapter_routing, _RowState, collect
 from .loading import LoadedModel
 
 log = logging.getLogger("lora_endpoint.handler")
@@ -112,22 +112,7 @@ class Handle:
 
     async def aresults(self) -> list[RowResult]:
         """``results`` on the event loop."""
-        return collect(self.rows, iter([step async for step in self.asteps()]))
-
-
-def collect(rows: Sequence[Row], steps: Iterator[list[Delta]]) -> list[RowResult]:
-    """Each row's result from a request's steps."""
-    results = [RowResult(prompt_tokens=len(r.prompt_ids)) for r in rows]
-    for step in steps:
-        for delta in step:
-            result = results[delta.row]
-            result.text += delta.text
-            result.token_ids.append(delta.token_id)
-            if delta.logprob is not None:
-                result.logprobs.append(delta.logprob)
-            if delta.finish_reason:
-                result.finish_reason = delta.finish_reason
-    return results
+        return collect(self.rows, [step async for step in self.asteps()])
 
 
 @dataclass(eq=False)
@@ -224,6 +209,12 @@ class Engine:
 
     # --- the engine thread ------------------------------------------------------------------------------
     def _run(self) -> None:
+        # Inference mode for the thread's whole life: cache tensors are made and moved under it, on this
+        # thread only, whichever path moves them (an iteration, a failure, shutting down).
+        with _inference_mode():
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             with self._wake:
                 while not (self._inbox or self._waiting or self._decoding or self._prefilling or self._stopping):
@@ -237,9 +228,8 @@ class Engine:
                 self._waiting.extend(self._inbox)
                 self._inbox.clear()
             try:
-                # Inference mode: cache tensors are made and moved under it, on this thread only. The model
-                # lock: nothing else may use the model meanwhile (the reference decode loop in tests).
-                with self.lm.lock, _inference_mode():
+                # The model lock: nothing else may use the model meanwhile (the reference decode loop in tests).
+                with self.lm.lock:
                     self._iteration()
             except Exception:  # a bug here must not kill the engine: fail what is running, go on
                 log.exception("engine iteration failed")
@@ -396,11 +386,10 @@ class Engine:
 
     def _forward(self, ids: Any, adapters: list[str | None]) -> Any:
         """Last-position logits (float32) of one pass over the planned rows."""
-        import torch
 
         lm = self.lm
         cache = self._cache
-        with torch.inference_mode(), _adapter_routing(lm, adapters) as routing:
+        with _adapter_routing(lm, adapters) as routing:
             out = lm.model(
                 input_ids=ids.to(lm.device),
                 attention_mask=cache.attention_mask(lm.dtype, lm.device),
@@ -488,10 +477,7 @@ class Engine:
         self._finished.clear()
 
     def _fail_all(self, err: HandlerError) -> None:
-        import torch
-
-        with torch.inference_mode():  # rows leaving move cache rows, which are inference tensors
-            self._fail_running(err)
+        self._fail_running(err)
         for waiting in (*self._waiting, *self._inbox):
             waiting.handle._put(err)
         self._waiting.clear()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,9 +318,14 @@ def _new_cache(lm: LoadedModel) -> Any:
 def generate(lm: LoadedModel, rows: Sequence[Row], *, deadline: float | None = None) -> list[RowResult]:
     """Run ``decode`` to the end and collect each row's result: the reference the engine's tokens are
     tested against (the endpoint itself generates through ``engine``)."""
-    results = [RowResult(prompt_tokens=len(r.prompt_ids)) for r in rows]
     with lm.lock:  # the engine thread takes it for each iteration
         steps = list(decode(lm, rows, deadline=deadline))
+    return collect(rows, steps)
+
+
+def collect(rows: Sequence[Row], steps: Iterable[list[Delta]]) -> list[RowResult]:
+    """Each row's result from a request's steps (the reference loop's or the engine's)."""
+    results = [RowResult(prompt_tokens=len(r.prompt_ids)) for r in rows]
     for step in steps:
         for delta in step:
             result = results[delta.row]

@@ -33,12 +33,14 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import prepack
 
 log = logging.getLogger(__name__)
+
+_SUBSETS = 8  # subsets of a layer's adapters whose factors are kept
 
 # Adapter config fields that make a forward pass something other than base(x) + B A x * scaling.
 _UNSUPPORTED_FIELDS = {
@@ -68,9 +70,9 @@ class _Stack:
     sources: tuple[tuple[Any, int], ...] = ()
     scales: tuple[float, ...] = ()
     broken: str | None = None  # an adapter whose factors hold NaN or infinity
-    # The factors of a subset of ``names`` (the adapters of the current batch): one entry, since a decode
-    # loop keeps its adapter set for many steps.
-    subset: tuple[tuple[str, ...], _Factors] | None = None
+    # The factors of subsets of ``names`` (the adapters of a batch), a few of them: the engine alternates
+    # between its decode batch's set and the sets of the prompts it prefills.
+    subsets: dict[tuple[str, ...], _Factors] = field(default_factory=dict)
 
     def stale(self) -> bool:
         return any(w._version != v for w, v in self.sources) or self.scales != tuple(
@@ -80,15 +82,19 @@ class _Stack:
     def factors(self, present: tuple[str, ...]) -> _Factors:
         if present == self.names:
             return _Factors(self.a, self.b, self.a_packed, self.b_packed)
-        if self.subset is None or self.subset[0] != present:
+        found = self.subsets.get(present)
+        if found is None:
             import torch
 
             starts = dict(zip(self.names, itertools.accumulate(self.ranks, initial=0), strict=False))
             spans = [(starts[n], starts[n] + self.ranks[self.names.index(n)]) for n in present]
             a = torch.cat([self.a[lo:hi] for lo, hi in spans])
             b = torch.cat([self.b[:, lo:hi] for lo, hi in spans], dim=1).contiguous()
-            self.subset = (present, _Factors(a, b, prepack.pack(a), prepack.pack(b)))
-        return self.subset[1]
+            found = _Factors(a, b, prepack.pack(a), prepack.pack(b))
+            if len(self.subsets) >= _SUBSETS:
+                del self.subsets[next(iter(self.subsets))]  # the oldest
+            self.subsets[present] = found
+        return found
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from scripts.bench_common import (  # noqa: E402
     bench_mixed,
     machine,
     on_fresh_thread,
+    positive_int,
+    positive_list,
     release,
     request,
     timed,
@@ -237,12 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="small model and counts (smoke run; figures not written)")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per request")
-    parser.add_argument("--rows", type=int, default=16, help="rows in the mixed-adapter batch")
-    parser.add_argument("--clients", default="1,4,8,16", help="client counts for the endpoint run")
-    parser.add_argument("--max-rows", type=int, default=16,
+    parser.add_argument("--new-tokens", type=positive_int, default=32, help="tokens generated per request")
+    parser.add_argument("--rows", type=positive_int, default=16, help="rows in the mixed-adapter batch")
+    parser.add_argument("--clients", type=positive_list, default=(1, 4, 8, 16),
+                        help="client counts for the endpoint run (default: 1,4,8,16)")
+    parser.add_argument("--max-rows", type=positive_int, default=16,
                         help="the local endpoint engine's LORA_MAX_BATCH_ROWS for the endpoint run (default: 16)")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(args_in)
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             dirs["base"],
             args.device,
             settings.max_new_tokens,
-            [int(c) for c in args.clients.split(",")],
+            list(args.clients),
             per_client=3 if not args.quick else 1,
             new_tokens=args.new_tokens,
             max_rows=args.max_rows,

@@ -3,19 +3,19 @@ the machine and commit they ran on, and the writer of their sections in docs/ben
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import platform
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from handler.generate import GenerateRequest
-from handler.loading import LoadedModel
+from handler.loading import LoadedModel, on_own_thread
 from handler.sampling import SamplingParams
 from handler.service import run
 
@@ -23,6 +23,28 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every request runs to exactly its token count (ignore_eos): the random model's early EOS would otherwise
 # make latencies incomparable.
 PROMPTS = ["The quick brown fox", "A LoRA adapter adds", "SageMaker endpoints serve", "Hello world, this is"]
+
+
+def positive_list(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated integers, each at least 1."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every value must be at least 1, got {text!r}")
+    return values
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}")
+    return value
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -37,16 +59,9 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def on_fresh_thread(fn: Callable[[], Any]) -> Any:
-    """``fn()`` on a thread that ends with it. Torch's OpenMP pool lives as long as the thread that made
-    it, and a second live pool slows the engine thread's (handler/loading.py): a bare-model figure taken
-    on the main thread would slow every engine figure after it."""
-    out: list[Any] = []
-    worker = threading.Thread(target=lambda: out.append(fn()))
-    worker.start()
-    worker.join()
-    if not out:
-        raise RuntimeError("the benchmark thread failed (its traceback is above)")
-    return out[0]
+    """``fn()`` on a thread that ends with it: a bare-model figure taken on the main thread would leave a
+    torch thread pool there that slows every engine figure after it (handler/loading.py)."""
+    return on_own_thread(fn, name="bench")
 
 
 def request(prompts: list[str], adapters: list[str | None], new_tokens: int) -> GenerateRequest:

@@ -46,6 +46,7 @@ from scripts.bench_common import (
     load_average,
     machine,
     on_fresh_thread,
+    positive_list,
     release,
     settle,
     write_doc,
@@ -90,23 +91,13 @@ class Load:
     repeat: int
 
 
-def _positive_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"every value must be at least 1, got {text!r}")
-    return values
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench.py serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peer-python", help="python of a venv with vLLM (make vllm-venv: .venv-vllm/bin/python); "
                                               "without it only our side runs")
     parser.add_argument("--models", default="20m,170m", help="comma-separated, of: 20m, 170m (default: both)")
-    parser.add_argument("--clients", type=_positive_list, default=(1, 4, 16), help="client counts (default: 1,4,16)")
+    parser.add_argument("--clients", type=positive_list, default=(1, 4, 16), help="client counts (default: 1,4,16)")
     parser.add_argument("--per-client", type=int, default=3, help="requests each client sends in a row (default: 3)")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per request (default: 64)")
     parser.add_argument("--stagger-ms", type=float, default=10.0, help="ms between two clients' starts (default: 10)")

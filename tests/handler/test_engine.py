@@ -191,3 +191,36 @@ def test_stopping_with_rows_running_fails_them_with_model_overloaded(loaded, eng
                 pass
     with pytest.raises(ModelOverloaded):
         waiting.results()
+
+
+def test_an_iteration_that_fails_fails_what_runs_and_the_engine_goes_on(loaded, engine, monkeypatch) -> None:
+    from handler.errors import GenerationFailed
+
+    crashes: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))
+    e = engine()
+    # GIVEN rows decoding, several (failing them moves cache rows)
+    texts = ("Hello", "0123", "The quick", "A LoRA", "Sage")
+    handles = [e.submit([row(loaded, text, max_new_tokens=200, ignore_eos=True)]) for text in texts]
+    steps = [h.steps() for h in handles]
+    for s in steps:
+        next(s)
+    # WHEN a bug in the engine breaks one iteration
+    real, broken = e._decode, [True]
+
+    def decode_once_broken(events):  # type: ignore[no-untyped-def]
+        if broken.pop() if broken else False:
+            raise RuntimeError("a bug")
+        return real(events)
+
+    monkeypatch.setattr(e, "_decode", decode_once_broken)
+    give_up = time.monotonic() + 30
+    while (e._decoding or e._prefilling) and not crashes and time.monotonic() < give_up:
+        time.sleep(0.01)
+    # THEN the engine thread lives on, every running request fails with a 500, and the next one is served
+    assert crashes == [] and e._thread.is_alive()
+    for s in steps:
+        with pytest.raises(GenerationFailed):
+            for _ in s:
+                pass
+    assert e.submit([row(loaded, "Hello", max_new_tokens=3, ignore_eos=True)]).results()[0].token_ids
