@@ -170,41 +170,50 @@ def test_a_request_arriving_during_a_stream_gets_its_first_token_within_two_iter
     steps.close()
 
 
-def test_stopping_with_rows_running_fails_them_with_model_overloaded(loaded, engine, monkeypatch) -> None:
+@pytest.fixture
+def thread_crashes(monkeypatch) -> list[BaseException | None]:  # type: ignore[no-untyped-def]
+    """What escapes any thread (the engine's) while the test runs."""
     crashes: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))
-    e = engine()
-    # GIVEN five long rows decoding (failing them in any order but last-to-first moves cache rows)
+    return crashes
+
+
+def five_decoding(lm, e: Engine) -> list:  # type: ignore[no-untyped-def]
+    """Five long rows past their first token: failing them in any order but last-to-first moves cache rows."""
     texts = ("Hello", "0123", "The quick", "A LoRA", "Sage")
-    handles = [e.submit([row(loaded, text, max_new_tokens=200, ignore_eos=True)]) for text in texts]
-    steps = [h.steps() for h in handles]
+    steps = [e.submit([row(lm, text, max_new_tokens=200, ignore_eos=True)]).steps() for text in texts]
     for s in steps:
         next(s)
+    return steps
+
+
+def drain_expecting(error: type[Exception], steps: list) -> None:  # type: ignore[type-arg]
+    for s in steps:
+        with pytest.raises(error):
+            for _ in s:
+                pass
+
+
+def test_stopping_with_rows_running_fails_them_with_model_overloaded(loaded, engine, thread_crashes) -> None:
+    e = engine()
+    steps = five_decoding(loaded, e)
     waiting = e.submit([row(loaded, "SageMaker", max_new_tokens=3)])
     # WHEN the engine stops under them
     e.stop()
     # THEN the engine thread ends cleanly and every caller gets model_overloaded, never a hang
-    assert not e._thread.is_alive() and crashes == []
-    for s in steps:
-        with pytest.raises(ModelOverloaded):
-            for _ in s:
-                pass
+    assert not e._thread.is_alive() and thread_crashes == []
+    drain_expecting(ModelOverloaded, steps)
     with pytest.raises(ModelOverloaded):
         waiting.results()
 
 
-def test_an_iteration_that_fails_fails_what_runs_and_the_engine_goes_on(loaded, engine, monkeypatch) -> None:
+def test_an_iteration_that_fails_fails_what_runs_and_the_engine_goes_on(
+    loaded, engine, thread_crashes, monkeypatch
+) -> None:
     from handler.errors import GenerationFailed
 
-    crashes: list[BaseException | None] = []
-    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))
     e = engine()
-    # GIVEN rows decoding, several (failing them moves cache rows)
-    texts = ("Hello", "0123", "The quick", "A LoRA", "Sage")
-    handles = [e.submit([row(loaded, text, max_new_tokens=200, ignore_eos=True)]) for text in texts]
-    steps = [h.steps() for h in handles]
-    for s in steps:
-        next(s)
+    steps = five_decoding(loaded, e)
     # WHEN a bug in the engine breaks one iteration
     real, broken = e._decode, [True]
 
@@ -215,12 +224,9 @@ def test_an_iteration_that_fails_fails_what_runs_and_the_engine_goes_on(loaded, 
 
     monkeypatch.setattr(e, "_decode", decode_once_broken)
     give_up = time.monotonic() + 30
-    while (e._decoding or e._prefilling) and not crashes and time.monotonic() < give_up:
+    while (e._decoding or e._prefilling) and not thread_crashes and time.monotonic() < give_up:
         time.sleep(0.01)
     # THEN the engine thread lives on, every running request fails with a 500, and the next one is served
-    assert crashes == [] and e._thread.is_alive()
-    for s in steps:
-        with pytest.raises(GenerationFailed):
-            for _ in s:
-                pass
+    assert thread_crashes == [] and e._thread.is_alive()
+    drain_expecting(GenerationFailed, steps)
     assert e.submit([row(loaded, "Hello", max_new_tokens=3, ignore_eos=True)]).results()[0].token_ids
