@@ -18,6 +18,10 @@ class Input:
     def get_properties(self) -> dict[str, str]:
         return self.properties
 
+    def contains_key(self, key: str) -> bool:
+        """A content entry named ``key`` (adapter options such as ``preload`` travel as content)."""
+        return any(k == key for k, _ in self.content)
+
     def get_as_bytes(self, key: str | None = None) -> bytes | None:
         if not self.content:
             return None
