@@ -110,3 +110,110 @@ def short_reason(err: BaseException, model_dir: str | Path) -> str:
         text = text.replace(root + os.sep, "")
     text = re.sub(r"(?<![\w.])/[^\s'\",;:()]+", "<path>", text)  # anything else that looks like a path
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+# --- run-time residency (handler/registry.py): one adapter in or out of the loaded model --------------
+
+
+def host_copy(info: AdapterInfo, dtype: Any) -> tuple[Any, dict[str, Any]]:
+    """peft's config and the weights of ``info`` read into host memory, ready for ``attach``.
+
+    LoRA factors become float32, as peft makes them for a half-precision base (its
+    ``autocast_adapter_dtype``); full module copies (``modules_to_save``) take the base's ``dtype``.
+    """
+    import torch
+    from peft import PeftConfig
+    from peft.utils import load_peft_weights
+
+    config = PeftConfig.from_pretrained(str(info.path))
+    config.inference_mode = True
+    weights = load_peft_weights(str(info.path), device="cpu")
+    for key, tensor in weights.items():
+        if tensor.is_floating_point():
+            weights[key] = tensor.to(torch.float32 if ".lora_" in key else dtype)
+    return config, weights
+
+
+def attach(model: Any, name: str, config: Any, weights: dict[str, Any]) -> Any:
+    """Add adapter ``name`` to ``model`` (wrapped in a ``PeftModel`` the first time) from a host copy.
+
+    peft builds the adapter's layers empty and takes the host tensors as they are (no initialisation, no
+    copy on a CPU). Returns the model; raises ``AdapterError`` and leaves the model as it was when the
+    weights do not fit it.
+    """
+    import copy
+
+    from peft import PeftModel
+
+    config = copy.deepcopy(config)  # peft writes into the config it is given
+    if not isinstance(model, PeftModel):
+        wrapped = PeftModel(model, config, adapter_name=name, low_cpu_mem_usage=True)
+        try:
+            _load_state(wrapped, name, weights)
+        except Exception:
+            _strip_peft_layers(model)
+            raise
+        wrapped.eval()
+        return wrapped
+    model.add_adapter(name, config, low_cpu_mem_usage=True)
+    try:
+        _load_state(model, name, weights)
+    except Exception:
+        detach(model, name)
+        raise
+    return model
+
+
+def _load_state(model: Any, name: str, weights: dict[str, Any]) -> None:
+    from peft import set_peft_model_state_dict
+
+    device = model.get_input_embeddings().weight.device
+    if device.type != "cpu":
+        weights = {key: tensor.to(device) for key, tensor in weights.items()}
+    result = set_peft_model_state_dict(model, weights, adapter_name=name, low_cpu_mem_usage=True)
+    missing = [key for key in getattr(result, "missing_keys", ()) if f".{name}" in key and "lora_" in key]
+    empty = [key for key, param in model.named_parameters() if f".{name}." in key and param.is_meta]
+    if missing or empty:
+        raise AdapterError(
+            f"adapter {name!r}: the weights file has no values for {len(missing or empty)} of its LoRA tensors "
+            f"(first: {(missing or empty)[0]})"
+        )
+
+
+def detach(model: Any, name: str) -> None:
+    """Remove adapter ``name``'s layers from ``model``. peft cannot delete the last adapter of a
+    ``PeftModel`` (its active adapter would be gone): that one stays loaded, unrouted, until another
+    adapter is attached (callers route no row to it and run base rows with peft's adapters disabled)."""
+    configs = getattr(model, "peft_config", {})
+    if name in configs and len(configs) > 1:
+        model.delete_adapter(name)
+
+
+def leftovers(model: Any, keep: set[str]) -> list[str]:
+    """Adapters still loaded in ``model`` beyond ``keep`` (the one ``detach`` could not remove)."""
+    return [name for name in getattr(model, "peft_config", {}) if name not in keep]
+
+
+def attaches_in_place(model: Any, config: Any, weights: dict[str, Any]) -> bool:
+    """True when adding this adapter only fills LoRA layers ``model`` already has (no module of the model
+    is replaced and nothing but LoRA factors is loaded), so it may run beside forward passes that route
+    their rows with ``lora_batch`` (which reads only the factors it copied)."""
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+
+    if not isinstance(model, PeftModel) or getattr(config, "modules_to_save", None):
+        return False
+    if any(getattr(config, key, None) for key in ("use_dora", "lora_bias", "trainable_token_indices")):
+        return False
+    inner = model.get_base_model()
+    for key in weights:
+        module, sep, _ = key.removeprefix("base_model.model.").partition(".lora_")
+        if not sep:
+            return False
+        try:
+            layer = inner.get_submodule(module)
+        except AttributeError:
+            return False
+        if type(layer) is not LoraLinear:
+            return False
+    return True

@@ -34,6 +34,13 @@ ENV_KV_CACHE_TOKENS = "LORA_KV_CACHE_TOKENS"
 ENV_PREFILL_CHUNK_TOKENS = "LORA_PREFILL_CHUNK_TOKENS"
 ENV_MAX_QUEUE = "LORA_MAX_QUEUE"
 ENV_TIME_BUDGET_S = "LORA_TIME_BUDGET_S"
+ENV_MAX_LORAS = "LORA_MAX_LORAS"
+ENV_MAX_CPU_LORAS = "LORA_MAX_CPU_LORAS"
+ENV_MAX_LORA_RANK = "LORA_MAX_LORA_RANK"
+ENV_ADAPTER_JIT_PREFIX = "LORA_ADAPTER_JIT_PREFIX"
+ENV_ADAPTER_CACHE_DIR = "LORA_ADAPTER_CACHE_DIR"
+ENV_ADAPTER_MAX_BYTES = "LORA_ADAPTER_MAX_BYTES"
+ENV_ALLOW_BASE_MISMATCH = "LORA_ALLOW_BASE_MISMATCH"
 ENV_RAG_TEMPLATE = "LORA_RAG_TEMPLATE"
 ENV_TRUST_REMOTE_CODE = "LORA_TRUST_REMOTE_CODE"
 ENV_LOG_LEVEL = "LORA_LOG_LEVEL"
@@ -122,6 +129,23 @@ class HandlerSettings:
     """Requests that may wait for the engine; beyond them a 429 ``model_overloaded``."""
     time_budget_s: float = 50.0
     """Generation stops with ``finish_reason`` ``time_limit`` past this many seconds (0 turns it off)."""
+    max_loras: int = 8
+    """Adapters resident on the device (in the model's LoRA layers) at once; least recently used ones
+    that no running request needs are evicted to make room (LMI's ``option.max_loras``)."""
+    max_cpu_loras: int = 0
+    """Adapters whose weights are kept in host memory, ready to move to the device; 0 = ``max_loras``.
+    Past it the least recently used are dropped and read again from their files on next use."""
+    max_lora_rank: int = 64
+    """Largest rank an adapter may have (packaged or registered at run time)."""
+    adapter_jit_prefix: str = ""
+    """Just-in-time adapters: an ``s3://`` prefix (or a local folder) holding ``NAME/`` folders; a request
+    naming an adapter that is not registered loads ``<prefix>/NAME/`` on first use. Empty turns it off."""
+    adapter_cache_dir: str = "/tmp/lora-endpoint/adapters"
+    """Where adapters fetched from S3 (registered with an ``s3://`` src, or just in time) are downloaded."""
+    adapter_max_bytes: int = 4 << 30
+    """Largest adapter download (all its files) accepted from S3."""
+    allow_base_mismatch: bool = False
+    """Serve adapters whose ``base_model_name_or_path`` names another model than the base."""
     rag_template: str = DEFAULT_RAG_TEMPLATE
     trust_remote_code: bool = False
     log_level: str = "INFO"
@@ -136,9 +160,18 @@ class HandlerSettings:
                 f"{ENV_DEFAULT_MAX_NEW_TOKENS} ({self.default_max_new_tokens}) must not exceed "
                 f"{ENV_MAX_NEW_TOKENS} ({self.max_new_tokens})"
             )
+        prefix = self.adapter_jit_prefix
+        if prefix and not (prefix.startswith("s3://") and prefix[5:].strip("/")) and not os.path.isabs(prefix):
+            raise SettingsError(
+                f"{ENV_ADAPTER_JIT_PREFIX} must be an s3:// prefix or an absolute folder, got {prefix!r}")
         for field in ("{context}", "{query}"):
             if field not in self.rag_template:
                 raise SettingsError(f"{ENV_RAG_TEMPLATE} must contain {field}")
+
+    @property
+    def host_loras(self) -> int:
+        """Adapters kept in host memory (``max_cpu_loras``, at least ``max_loras``)."""
+        return max(self.max_cpu_loras, self.max_loras)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HandlerSettings:
@@ -173,7 +206,8 @@ class HandlerSettings:
                 values[field.name] = text.strip() if field.name != "rag_template" else text
         settings = cls(**values)  # type: ignore[arg-type]
         for name in ("max_new_tokens", "default_max_new_tokens", "max_inputs", "max_return_sequences",
-                     "max_payload_bytes", "max_batch_rows", "prefill_chunk_tokens", "max_queue"):
+                     "max_payload_bytes", "max_batch_rows", "prefill_chunk_tokens", "max_queue", "max_loras",
+                     "max_lora_rank", "adapter_max_bytes"):
             if getattr(settings, name) < 1:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
         return settings

@@ -28,9 +28,10 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import generation
 from .errors import ContextLengthExceeded, GenerationFailed, HandlerError, ModelOverloaded
@@ -40,6 +41,7 @@ from .loading import LoadedModel
 log = logging.getLogger("lora_endpoint.handler")
 
 _DONE = object()
+T = TypeVar("T")
 SLOT_ALIGN = 64  # slot capacity grows in steps of this many positions
 
 
@@ -66,6 +68,17 @@ class Handle:
         self._loop = loop
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
+        self._on_release: Callable[[], None] | None = None
+
+    def _release(self) -> None:
+        """The engine holds none of this request's rows any more (finished, failed, cancelled or never
+        admitted): what was held for it (its adapters' lease) is let go, once."""
+        hook, self._on_release = self._on_release, None
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # the engine thread must not die of a caller's hook
+                log.exception("releasing a request failed")
 
     def _put(self, item: Any) -> None:
         if self._loop is not None and self._async is not None:
@@ -174,6 +187,7 @@ class Engine:
         self._decoding: list[_Seq] = []
         self._prefilling: list[_Seq] = []
         self._finished: list[_Seq] = []  # rows that left in this iteration
+        self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._stopping = False
         self._forward_kwargs = _forward_kwargs(lm.model)
         self._thread = threading.Thread(target=self._run, name="lora-engine", daemon=True)
@@ -181,8 +195,11 @@ class Engine:
 
     # --- the submitting side (any thread) -----------------------------------------------------------
     def submit(self, rows: Sequence[Row], *, deadline: float | None = None,
-               loop: asyncio.AbstractEventLoop | None = None) -> Handle:
-        """Queue one request's rows; raises ``ModelOverloaded`` when the queue is full."""
+               loop: asyncio.AbstractEventLoop | None = None,
+               on_release: Callable[[], None] | None = None) -> Handle:
+        """Queue one request's rows; raises ``ModelOverloaded`` when the queue is full. ``on_release`` is
+        called (on the engine thread) once the engine holds none of the request's rows any more; not when
+        ``submit`` raises."""
         handle = Handle(rows, deadline, loop)
         need = max(len(r.prompt_ids) + r.params.max_new_tokens for r in rows)
         if len(rows) > self.limits.max_rows or len(rows) * _aligned(need) > self.limits.kv_tokens:
@@ -197,9 +214,23 @@ class Engine:
                 self.stats.overloaded += 1
                 raise ModelOverloaded(
                     f"the endpoint is at capacity ({self.limits.max_queue} requests waiting); retry in a moment")
+            handle._on_release = on_release
             self._inbox.append(_Waiting(handle, need))
             self._wake.notify()
         return handle
+
+    def between_steps(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the engine thread between two iterations (no forward pass is running, the model
+        lock is held): how adapters move in and out of the model without stopping generation for longer
+        than ``fn`` takes. The future carries its result or exception."""
+        future: Future[T] = Future()
+        with self._wake:
+            if self._stopping:
+                future.set_exception(ModelOverloaded("the endpoint is shutting down; retry"))
+                return future
+            self._tasks.append((fn, future))
+            self._wake.notify()
+        return future
 
     def stop(self, timeout_s: float = 10.0) -> None:
         with self._wake:
@@ -217,7 +248,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._inbox or self._waiting or self._decoding or self._prefilling or self._stopping):
+                while not (self._inbox or self._waiting or self._decoding or self._prefilling or self._stopping
+                           or self._tasks):
                     self._cache.clear()  # idle: give the memory back
                     self._wake.wait()
                 if self._stopping:
@@ -227,10 +259,16 @@ class Engine:
                     waiting.handle.arrived_at = self.stats.iterations + 1  # the next iteration sees it
                 self._waiting.extend(self._inbox)
                 self._inbox.clear()
+                tasks = list(self._tasks)
+                self._tasks.clear()
+                busy = bool(self._waiting or self._decoding or self._prefilling)
             try:
                 # The model lock: nothing else may use the model meanwhile (the reference decode loop in tests).
                 with self.lm.lock:
-                    self._iteration()
+                    for fn, future in tasks:
+                        _run_task(fn, future)
+                    if busy:
+                        self._iteration()
             except Exception:  # a bug here must not kill the engine: fail what is running, go on
                 log.exception("engine iteration failed")
                 self._fail_running(GenerationFailed())
@@ -253,6 +291,7 @@ class Engine:
         for handle in {s.handle for s in self._finished}:
             if all(s.done for s in self._rows_of(handle)):
                 handle._put(_DONE)
+                handle._release()
         self._finished.clear()
         s = self.stats
         s.waiting, s.running_rows = len(self._waiting), len(self._decoding) + len(self._prefilling)
@@ -265,6 +304,7 @@ class Engine:
             handle = waiting.handle
             if handle.cancelled:
                 self._waiting.popleft()
+                handle._release()
                 continue
             rows = len(self._decoding) + len(self._prefilling) + len(handle.rows)
             capacity = max(self._cache.capacity, _aligned(waiting.need))
@@ -466,6 +506,7 @@ class Engine:
             self._leave(seq)
         if err is not None:
             handle._put(err)
+        handle._release()
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in (*self._decoding, *self._prefilling) if s.handle.cancelled]:
@@ -480,8 +521,19 @@ class Engine:
         self._fail_running(err)
         for waiting in (*self._waiting, *self._inbox):
             waiting.handle._put(err)
+            waiting.handle._release()
         self._waiting.clear()
         self._inbox.clear()
+        for _, future in self._tasks:
+            future.set_exception(err)
+        self._tasks.clear()
+
+
+def _run_task(fn: Callable[[], Any], future: Future[Any]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as err:  # the caller of between_steps gets it
+        future.set_exception(err)
 
 
 def _inference_mode() -> Any:

@@ -14,10 +14,10 @@ import os
 import threading
 from typing import Any
 
-from . import __version__, djl_async, djl_sync, service, streaming
+from . import __version__, adapter_api, djl_async, djl_sync, service, streaming
 from .body import decode_json
 from .config import HandlerSettings, serving_options
-from .errors import HandlerError, UnknownAdapter, shown
+from .errors import HandlerError
 from .kinds import parse_body, with_adapter_header
 from .loading import LoadedModel, load_model
 from .media import check_accept
@@ -25,6 +25,7 @@ from .media import check_accept
 log = logging.getLogger("lora_endpoint.handler")
 
 ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
+ALIAS_HEADER = "X-Amzn-SageMaker-Adapter-Alias"
 DEFAULT_MODEL_DIR = "/opt/ml/model"
 
 
@@ -130,7 +131,8 @@ def _parse_item(item: Any) -> Any:
     request = input_fn(item.get_as_bytes() or b"", item.get_property("Content-Type"))
     stream = getattr(request, "stream", False)
     check_accept(item.get_property("Accept"), stream_type=streaming.stream_type(request) if stream else None)
-    return with_adapter_header(request, item.get_property(ADAPTER_HEADER))
+    # The alias header names the adapter when the identifier does not (SageMaker's container standard).
+    return with_adapter_header(request, item.get_property(ADAPTER_HEADER) or item.get_property(ALIAS_HEADER))
 
 
 def handle_sync(inputs: Any) -> Any:
@@ -181,17 +183,65 @@ async def handle(inputs: Any) -> Any:
         return djl_async.error_output(Output, None)
 
 
-async def register_adapter(inputs: Any) -> Any:
-    """LMI calls this for each ``adapters/<name>`` when ``option.enable_lora=true``. Adapters in the
-    model dir are loaded by ``model_fn`` already; registering one of them again is a no-op."""
+# --- adapter management (DJL's PyAdapter calls; see adapter_api) ------------------------------------
+
+
+async def _adapter_call(call: str, inputs: Any) -> Any:
     from djl_python import Output
 
-    name = inputs.get_property("name")
-    model = _runtime.model
-    if model is not None and name in model.adapters:
-        return djl_async.answer_output(Output, {"name": name, "registered": True})
-    if model is not None and name in model.failed_adapters:
-        reason = model.failed_adapters[name]
-        return djl_async.error_output(Output, UnknownAdapter(f"adapter {shown(name)} failed to load: {reason}"))
-    log.warning("register_adapter(%s): only adapters packaged under adapters/ are served", name)
-    return djl_async.error_output(Output, UnknownAdapter(f"adapter {shown(name)} is not in the package"))
+    try:
+        answer = await asyncio.to_thread(adapter_api.CALLS[call], _runtime.model, inputs)
+        return djl_async.answer_output(Output, answer)
+    except HandlerError as err:
+        return djl_async.error_output(Output, err)
+    except Exception:
+        log.exception("%s(%s) failed", call, inputs.get_property("name") or "-")
+        return djl_async.error_output(Output, None)
+
+
+def _adapter_call_sync(call: str, inputs: Any) -> Any:
+    from djl_python import Output
+
+    try:
+        answer = adapter_api.CALLS[call](_runtime.model, inputs)
+        out = Output()
+        out.add_property("Content-Type", "application/json")
+        out.add_as_json(answer)
+        return out
+    except HandlerError as err:
+        return djl_sync.error_output(Output, err)
+    except Exception:
+        log.exception("%s(%s) failed", call, inputs.get_property("name") or "-")
+        return djl_sync.error_output(Output)
+
+
+async def register_adapter(inputs: Any) -> Any:
+    """Serve a new adapter (properties ``name``, ``alias``, ``src``; options ``preload``, ``pin``), validated
+    like a packaged one; adapters of the package are registered already (registering them again is a
+    no-op). Async mode; ``register_adapter_sync`` is the sync mode's (the package's model.py binds it)."""
+    return await _adapter_call("register_adapter", inputs)
+
+
+async def update_adapter(inputs: Any) -> Any:
+    """Change a registered adapter's ``preload`` / ``pin``."""
+    return await _adapter_call("update_adapter", inputs)
+
+
+async def unregister_adapter(inputs: Any) -> Any:
+    """Stop serving adapter ``name``: new requests get 404 at once; it is freed when its requests end."""
+    return await _adapter_call("unregister_adapter", inputs)
+
+
+def register_adapter_sync(inputs: Any) -> Any:
+    """``register_adapter`` for DJL's sync mode."""
+    return _adapter_call_sync("register_adapter", inputs)
+
+
+def update_adapter_sync(inputs: Any) -> Any:
+    """``update_adapter`` for DJL's sync mode."""
+    return _adapter_call_sync("update_adapter", inputs)
+
+
+def unregister_adapter_sync(inputs: Any) -> Any:
+    """``unregister_adapter`` for DJL's sync mode."""
+    return _adapter_call_sync("unregister_adapter", inputs)

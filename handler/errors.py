@@ -72,6 +72,20 @@ class UnknownAdapter(HandlerError):
     code = "unknown_adapter"
 
 
+class AdapterRejected(HandlerError):
+    """An adapter offered for registration cannot be served (bad ``src``, not an adapter, wrong base, ...)."""
+
+    status = 400
+    code = "invalid_adapter"
+
+
+class AdapterConflict(HandlerError):
+    """A registration that contradicts what is registered (same name, other ``src``; pins past the slots)."""
+
+    status = 409
+    code = "adapter_conflict"
+
+
 class NotAcceptable(HandlerError):
     status = 406
     code = "not_acceptable"

@@ -292,7 +292,11 @@ def _adapter_routing(lm: LoadedModel, adapters: list[str | None]) -> Iterator[di
     if not lm.uses_peft:
         yield {}
         return
-    batched = lora_batch.for_model(lm.model, sorted(lm.adapters))
+    if not lm.resident:  # every adapter was evicted (peft keeps the last one loaded: keep it out)
+        with lm.model.disable_adapter():
+            yield {}
+        return
+    batched = lora_batch.for_model(lm.model, lm.resident)
     if batched.supported:
         with batched.routing(adapters):
             yield {}

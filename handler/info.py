@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import HandlerSettings
-from .errors import InvalidRequest, shown
+from .errors import HandlerError, InvalidRequest, shown
 from .fields import reject_unknown
 from .loading import LoadedModel
 
@@ -37,12 +37,24 @@ def render(lm: LoadedModel) -> dict[str, Any]:
         "context_length": lm.context_length,
         "merged_adapter": lm.merged_adapter,
         "default_adapter": s.default_adapter or None,
-        "adapters": [
-            {"name": a.name, "rank": a.max_rank, "alpha": a.alpha, "target_modules": list(a.target_modules)}
-            for a in lm.adapters.values()
-        ],
+        "adapters": [_adapter(a, lm) for a in lm.adapters.values()],
         "failed_adapters": [{"name": name, "reason": reason} for name, reason in lm.failed_adapters.items()],
         "limits": {"max_new_tokens": s.max_new_tokens, "default_max_new_tokens": s.default_max_new_tokens,
                    "max_inputs": s.max_inputs, "max_payload_bytes": s.max_payload_bytes,
-                   "max_batch_rows": s.max_batch_rows, "time_budget_s": s.time_budget_s},
+                   "max_batch_rows": s.max_batch_rows, "time_budget_s": s.time_budget_s,
+                   "max_loras": s.max_loras, "max_cpu_loras": s.host_loras, "max_lora_rank": s.max_lora_rank},
+        "just_in_time_adapters": bool(s.adapter_jit_prefix) and lm.registry is not None,
     }
+
+
+def _adapter(adapter: Any, lm: LoadedModel) -> dict[str, Any]:
+    """Name, rank, alpha, targets; where it lives and how it came (run-time registry) - never its src."""
+    described = {"name": adapter.name, "rank": adapter.max_rank, "alpha": adapter.alpha,
+                 "target_modules": list(adapter.target_modules)}
+    if lm.registry is not None:
+        try:
+            extra = lm.registry.describe(adapter.name)
+        except HandlerError:  # unregistered since the listing was taken
+            return described
+        described.update({k: extra[k] for k in ("alias", "origin", "pinned", "resident")})
+    return described

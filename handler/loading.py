@@ -8,15 +8,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from .adapters import AdapterError, AdapterInfo, check_unmerged, discover_adapters
 from .attach import attach_adapters, short_reason
 from .config import HandlerSettings
 from .errors import ModelLoadError
+from .threads import on_own_thread
 
 log = logging.getLogger(__name__)
 
@@ -45,45 +45,19 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     engine: Any = None
     """The ``engine.Engine`` that owns this model once started (``engine.engine_for``)."""
+    resident: tuple[str, ...] = ()
+    """The adapters rows may be routed to now: loaded in the model's LoRA layers, sorted. ``adapters``
+    are all the registered ones; the registry moves them in and out of ``resident``."""
+    registry: Any = None
+    """The ``registry.AdapterRegistry`` (None when an adapter is merged: nothing can be registered)."""
 
     @property
     def uses_peft(self) -> bool:
-        return bool(self.adapters) and self.merged_adapter is None
+        return self.merged_adapter is None and hasattr(self.model, "peft_config")
 
     def tokenizer_for(self, adapter: str | None) -> Any:
         """An adapter's own tokenizer (chat template) wins over the base model's."""
         return self.adapter_tokenizers.get(adapter or "", self.tokenizer)
-
-
-def _download_s3_prefix(uri: str, dest: Path) -> Path:
-    """Download every object under ``s3://bucket/prefix`` to ``dest`` once (a marker file records it)."""
-    import boto3
-
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise ModelLoadError(f"base model URI {uri!r} has no bucket")
-    marker = dest / ".lora-endpoint-complete"
-    if marker.is_file() and marker.read_text() == uri:
-        return dest
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    client = boto3.client("s3")
-    count = 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            relative = obj["Key"][len(prefix) :]
-            if not relative or relative.endswith("/"):
-                continue
-            target = (dest / relative).resolve()
-            if not target.is_relative_to(dest.resolve()):
-                raise ModelLoadError(f"base model object {obj['Key']!r} would land outside {dest}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, obj["Key"], str(target))
-            count += 1
-    if count == 0:
-        raise ModelLoadError(f"no objects under base model URI {uri!r}")
-    marker.write_text(uri)
-    log.info("downloaded %d base model files from %s to %s", count, uri, dest)
-    return dest
 
 
 def resolve_base_model(model_dir: str | Path, settings: HandlerSettings) -> str:
@@ -91,7 +65,11 @@ def resolve_base_model(model_dir: str | Path, settings: HandlerSettings) -> str:
     root = Path(model_dir)
     ref = settings.base_model
     if ref.startswith("s3://"):
-        return str(_download_s3_prefix(ref, Path(settings.base_model_cache)))
+        from .s3 import download_prefix
+
+        dest = Path(settings.base_model_cache)
+        download_prefix(ref, dest, error=ModelLoadError, what="base model object")
+        return str(dest)
     if ref:
         candidate = Path(ref) if os.path.isabs(ref) else root / ref
         if candidate.is_dir():
@@ -159,28 +137,6 @@ def load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel:
     return on_own_thread(lambda: _load_model(model_dir, settings), name="lora-load")
 
 
-T = TypeVar("T")
-
-
-def on_own_thread(fn: Callable[[], T], *, name: str) -> T:
-    """``fn()`` on a thread that ends with it (so does its torch thread pool, see ``load_model``); what it
-    raises is raised here, as if it had run on the caller's thread."""
-    outcome: list[Any] = []
-
-    def work() -> None:
-        try:
-            outcome.append(fn())
-        except BaseException as err:
-            outcome.append(err)
-
-    worker = threading.Thread(target=work, name=name, daemon=True)
-    worker.start()
-    worker.join()
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return cast(T, outcome[0])
-
-
 def _load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel:
     import time
 
@@ -211,40 +167,60 @@ def _load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel
     if device.type != "cuda":
         model.to(device)
 
-    model, adapters, adapter_tokenizers = attach_adapters(model, adapters, problems, load_tokenizer=_load_tokenizer)
-    failed = {name: short_reason(err, model_dir) for name, err in sorted(problems.items())}
-    for name, problem in sorted(problems.items()):
-        log.error("adapter %r is not served: %s", name, problem)
-    _require_adapters(settings, adapters, problems, model_dir)
-    merged = None
-    if settings.merge:
-        model = model.merge_and_unload()
-        merged = next(iter(adapters))
-    model.eval()
-    if settings.cpu_prepack and device.type == "cpu":
-        from .prepack import prepack
-
-        packed = prepack(model)
-        if packed:
-            log.info("%d linear layers packed for oneDNN (LORA_CPU_PREPACK)", packed)
-
     context = _context_length(model.config, tokenizer)
     if settings.max_input_tokens:
         context = min(context, settings.max_input_tokens)
-    return LoadedModel(
+    lm = LoadedModel(
         model=model,
         tokenizer=tokenizer,
         settings=settings,
-        adapters=adapters,
+        adapters={},
         base_name=_base_name(base_ref, settings),
         device=model.get_input_embeddings().weight.device,
         dtype=dtype,
         context_length=context,
-        merged_adapter=merged,
-        adapter_tokenizers=adapter_tokenizers,
-        failed_adapters=failed,
-        load_seconds=time.perf_counter() - started,
     )
+    if settings.merge:
+        model, adapters, lm.adapter_tokenizers = attach_adapters(model, adapters, problems,
+                                                                 load_tokenizer=_load_tokenizer)
+        _require_adapters(settings, adapters, problems, model_dir)
+        lm.model, lm.adapters, lm.merged_adapter = model.merge_and_unload(), adapters, next(iter(adapters))
+    else:
+        _serve_packaged(lm, adapters, problems, Path(base_ref) if Path(base_ref).is_dir() else None)
+        _require_adapters(settings, lm.adapters, problems, model_dir)
+    lm.failed_adapters = {name: short_reason(err, model_dir) for name, err in sorted(problems.items())}
+    for name, problem in sorted(problems.items()):
+        log.error("adapter %r is not served: %s", name, problem)
+    lm.model.eval()
+    if settings.cpu_prepack and device.type == "cpu":
+        from .prepack import prepack
+
+        packed = prepack(lm.model)
+        if packed:
+            log.info("%d linear layers packed for oneDNN (LORA_CPU_PREPACK)", packed)
+    lm.load_seconds = time.perf_counter() - started
+    return lm
+
+
+def _serve_packaged(lm: LoadedModel, adapters: dict[str, AdapterInfo], problems: dict[str, Exception],
+                    base_path: Path | None) -> None:
+    """Register the package's adapters (each checked against the loaded base) and move the first
+    ``max_loras`` of them onto the device; one that fails goes to ``problems``, the others are served."""
+    from .registry import AdapterRegistry
+
+    registry = AdapterRegistry(lm, lm.model, base_path, load_tokenizer=_load_tokenizer)
+    lm.registry = registry
+    for name in sorted(adapters):
+        try:
+            registry.add_packaged(adapters[name])
+        except Exception as err:  # one adapter's failure must not take the base and the others down
+            problems[name] = err
+    for name in registry.preload_order():
+        try:
+            registry.acquire([name]).release()
+        except Exception as err:
+            problems[name] = err
+            registry.forget(name)
 
 
 def _load_tokenizer(ref: str, trust_remote_code: bool = False) -> Any:

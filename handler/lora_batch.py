@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -329,21 +330,38 @@ def _lora_forward(base: Any, factors: _Factors, plan: _Plan) -> Callable[..., An
     return forward
 
 
-# Where ``for_model`` keeps a model's instance: on the model itself, so it goes when the model goes (a
-# weak-keyed dict would keep the model alive through the value's reference to it).
+# Where ``for_model`` keeps a model's instances: on the model itself, so they go when the model goes (a
+# weak-keyed dict would keep the model alive through the values' references to it).
 _ATTRIBUTE = "_lora_endpoint_batched_lora"
+_KEPT = 3  # adapter sets kept per model: the one served, and the next one while it is being built
+_CACHE_LOCK = threading.Lock()
 
 
 def for_model(peft_model: Any, names: Sequence[str]) -> BatchedLora:
-    """The model's ``BatchedLora`` for ``names``, made again when the adapter set or a config changed."""
+    """The model's ``BatchedLora`` for ``names``, made again when one of their configs changed."""
     configs = getattr(peft_model, "peft_config", {})
-    key = [(n, configs.get(n)) for n in names]  # the config objects: a reloaded adapter has a new one
-    cached = vars(peft_model).get(_ATTRIBUTE)
-    if cached is None or len(cached[0]) != len(key) or any(
-        n != m or c is not d for (n, c), (m, d) in zip(cached[0], key, strict=True)
-    ):
-        cached = (key, BatchedLora(peft_model, names))
-        vars(peft_model)[_ATTRIBUTE] = cached  # not setattr: nn.Module's would look for a parameter first
-        if not cached[1].supported:
-            log.info("mixed-adapter batches use peft's adapter_names: %s", cached[1].reason)
-    return cached[1]
+    key = tuple(names)
+    identity = [configs.get(n) for n in key]  # the config objects: a reloaded adapter has a new one
+    with _CACHE_LOCK:
+        cache: dict[tuple[str, ...], tuple[list[Any], BatchedLora]] = vars(peft_model).setdefault(_ATTRIBUTE, {})
+        cached = cache.get(key)
+    if cached is not None and all(c is d for c, d in zip(cached[0], identity, strict=True)):
+        return cached[1]
+    batched = BatchedLora(peft_model, key)
+    with _CACHE_LOCK:
+        cache.pop(key, None)
+        cache[key] = (identity, batched)
+        while len(cache) > _KEPT:
+            del cache[next(iter(cache))]  # the oldest
+    if not batched.supported:
+        log.info("mixed-adapter batches use peft's adapter_names: %s", batched.reason)
+    return batched
+
+
+def prebuild(peft_model: Any, names: Sequence[str]) -> bool:
+    """Build (and stack the factors of) the ``BatchedLora`` for ``names`` ahead of its first batch, e.g. on
+    another thread while the engine serves the current set; True when the batched path can serve them."""
+    batched = for_model(peft_model, names)
+    if batched.supported:
+        batched._fresh_stacks()
+    return batched.supported

@@ -35,6 +35,13 @@ class _PackedForward:
         self.key: tuple[int, int] = (0, 0)
         self.pack()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> _PackedForward:
+        # peft copies whole modules (modules_to_save): the copy packs its own weight (a packed tensor
+        # cannot be deep-copied, and must not point back at the original module).
+        import copy
+
+        return _PackedForward(copy.deepcopy(self.module, memo))
+
     def pack(self) -> None:
         weight = self.module.weight
         self.packed = pack(weight)

@@ -38,6 +38,8 @@ def resolve_adapter(lm: LoadedModel, name: str | None) -> str | None:
             f"adapter {shown(name)} failed to load at start-up and is not served: {lm.failed_adapters[name]}",
             param="adapters",
         )
+    if lm.registry is not None and not lm.merged_adapter:
+        return str(lm.registry.resolve(name))  # aliases, just-in-time adapters, 404 listing the others
     if name not in lm.adapters or lm.merged_adapter:
         available = sorted(lm.adapters) if not lm.merged_adapter else [lm.merged_adapter]
         raise UnknownAdapter(

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import kinds
-from .engine import engine_for
+from .engine import Handle, engine_for
 from .errors import GenerationFailed, HandlerError
 from .generation import ERROR, RowResult
 from .loading import LoadedModel
+from .registry import Lease
 from .rows import Prepared
 
 log = logging.getLogger("lora_endpoint.handler")
@@ -39,6 +40,30 @@ def deadline_for(lm: LoadedModel) -> float | None:
     return time.monotonic() + budget if budget > 0 else None
 
 
+def hold(lm: LoadedModel, prepared: Prepared, deadline: float | None) -> Lease:
+    """Hold the adapters of ``prepared``'s rows (in memory, on the device) for the request: blocks while
+    they are read or wait for a device slot, so callers on an event loop run it on a worker thread."""
+    if lm.registry is None:
+        return Lease(None, ())
+    return lm.registry.acquire([r.adapter for r in prepared.rows if r.adapter is not None], deadline=deadline)
+
+
+def submit(lm: LoadedModel, prepared: Prepared, lease: Lease, *, deadline: float | None,
+           loop: asyncio.AbstractEventLoop | None = None) -> Handle:
+    """Submit the rows; the lease ends when the engine is done with them (or now, if submitting fails)."""
+    try:
+        return engine_for(lm).submit(prepared.rows, deadline=deadline, loop=loop, on_release=lease.release)
+    except BaseException:
+        lease.release()
+        raise
+
+
+def prepare_held(lm: LoadedModel, request: Any, deadline: float | None) -> tuple[Prepared, Lease]:
+    """``prepare`` then ``hold``: the blocking part of a request before the engine."""
+    prepared = prepare(lm, request)
+    return prepared, hold(lm, prepared, deadline)
+
+
 def run(lm: LoadedModel, requests: Sequence[Any]) -> list[Any]:
     """Answer every request; each answer is a JSON-ready object or the ``HandlerError`` for it.
 
@@ -53,8 +78,8 @@ def run(lm: LoadedModel, requests: Sequence[Any]) -> list[Any]:
             if request.kind == "info":
                 answers[index] = kinds.info.render(lm)
                 continue
-            prepared = prepare(lm, request)
-            submitted.append((index, prepared, engine_for(lm).submit(prepared.rows, deadline=deadline)))
+            prepared, lease = prepare_held(lm, request, deadline)
+            submitted.append((index, prepared, submit(lm, prepared, lease, deadline=deadline)))
         except HandlerError as err:
             answers[index] = err
         except Exception:  # a tokenizer or template that raises: this request only
@@ -78,8 +103,9 @@ async def arun(lm: LoadedModel, request: Any) -> Any:
     Tokenising runs on a worker thread; the engine's steps arrive on this loop."""
     if request.kind == "info":
         return kinds.info.render(lm)
-    prepared = await asyncio.to_thread(prepare, lm, request)
-    handle = engine_for(lm).submit(prepared.rows, deadline=deadline_for(lm), loop=asyncio.get_running_loop())
+    deadline = deadline_for(lm)
+    prepared, lease = await asyncio.to_thread(prepare_held, lm, request, deadline)
+    handle = submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop())
     results = await handle.aresults()
     if any(r.finish_reason == ERROR for r in results):
         raise GenerationFailed()

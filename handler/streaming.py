@@ -19,12 +19,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
 
 from . import chat, kinds
-from .engine import engine_for
 from .errors import GenerationFailed, HandlerError
 from .generation import ERROR, Delta
 from .loading import LoadedModel
 from .media import EVENT_STREAM, JSON_LINES
-from .service import deadline_for, prepare
+from .service import deadline_for, prepare_held, submit
 
 log = logging.getLogger("lora_endpoint.handler")
 
@@ -43,8 +42,9 @@ def error_record(err: HandlerError, media: str) -> bytes:
 
 def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
     """Prepare and prefill ``request`` now (errors raise here), then stream the rest lazily."""
-    prepared = prepare(lm, request)
-    steps = engine_for(lm).submit(prepared.rows, deadline=deadline_for(lm)).steps()
+    deadline = deadline_for(lm)
+    prepared, lease = prepare_held(lm, request, deadline)
+    steps = submit(lm, prepared, lease, deadline=deadline).steps()
     try:
         first = _first(next(steps, None))  # the prefill and the first token
     except BaseException:
@@ -72,9 +72,9 @@ def _rendered(renderer: Any, first: list[Delta] | None, steps: Generator[list[De
 async def astream(lm: LoadedModel, request: Any) -> AsyncIterator[bytes]:
     """``stream`` for the event loop (DJL's async mode): tokenising runs on a worker thread, and the
     engine's steps arrive on this loop. Prefill errors raise on the first ``__anext__``."""
-    prepared = await asyncio.to_thread(prepare, lm, request)
-    handle = engine_for(lm).submit(prepared.rows, deadline=deadline_for(lm), loop=asyncio.get_running_loop())
-    steps = handle.asteps()
+    deadline = deadline_for(lm)
+    prepared, lease = await asyncio.to_thread(prepare_held, lm, request, deadline)
+    steps = submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop()).asteps()
     try:
         first = _first(await anext(steps, None))
     except BaseException:

@@ -42,7 +42,13 @@ _MODEL_DIR = os.path.dirname(os.path.abspath(__file__))
 if _MODEL_DIR not in sys.path:
     sys.path.insert(0, _MODEL_DIR)
 
-from handler.entry import handle, handle_sync, register_adapter  # noqa: E402,F401
+from handler.entry import handle, handle_sync, register_adapter, unregister_adapter, update_adapter  # noqa: E402,F401
+'''
+# DJL calls the adapter functions by these names in either mode: a sync-mode package binds the sync ones.
+MODEL_PY_SYNC = MODEL_PY + '''\
+from handler.entry import register_adapter_sync as register_adapter  # noqa: E402,F401,F811
+from handler.entry import unregister_adapter_sync as unregister_adapter  # noqa: E402,F401,F811
+from handler.entry import update_adapter_sync as update_adapter  # noqa: E402,F401,F811
 '''
 
 INFERENCE_PY = '''\
@@ -131,7 +137,7 @@ def serving_properties(options: BuildOptions, base_reference: str | None) -> str
 def generated_files(options: BuildOptions, base_reference: str | None) -> list[Entry]:
     """The files the packager writes itself (everything but handler/, adapters/, base/, manifest)."""
     return [
-        Entry("model.py", data=MODEL_PY.encode()),
+        Entry("model.py", data=(MODEL_PY_SYNC if options.djl_mode == "sync" else MODEL_PY).encode()),
         Entry("serving.properties", data=serving_properties(options, base_reference).encode()),
         Entry("requirements.txt", data=REQUIREMENTS_TXT.encode()),
         Entry("code/inference.py", data=INFERENCE_PY.encode()),

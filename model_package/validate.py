@@ -8,15 +8,15 @@ endpoint runs at start-up. This module adds what needs the whole build: name col
 
 from __future__ import annotations
 
-import json
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from handler import adapter_checks
 from handler.adapter_weights import check_adapter_weights
 from handler.adapters import (
-    ADAPTER_CONFIG,
     SAFETENSORS_WEIGHTS,
+    AdapterError,
     AdapterInfo,
     check_unmerged,
     read_adapter,
@@ -25,9 +25,6 @@ from handler.adapters import (
 from model_package.base import BaseModel, is_pickle, list_files, safetensors_shapes
 from model_package.config import BuildOptions, PackageError
 from model_package.convert import convert_pickle_adapter
-
-# Modules whose weight has one row per vocabulary entry.
-EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings")
 
 
 @dataclass(frozen=True)
@@ -75,16 +72,19 @@ def load_adapters(options: BuildOptions, staging: Path, base: BaseModel | None) 
     return adapters
 
 
+def _refused(check: Callable[[], None]) -> None:
+    """Run one of the handler's checks; its ``AdapterError`` becomes the packager's ``PackageError``."""
+    try:
+        check()
+    except AdapterError as err:
+        raise PackageError(str(err)) from None
+
+
 def check_serving(info: AdapterInfo, options: BuildOptions) -> None:
     """Rank, ``modules_to_save`` and DoRA against the serving options."""
     if not options.merge:
         check_unmerged(info)
-    if info.max_rank > options.max_lora_rank:
-        field = "r" if info.max_rank == info.rank else "rank_pattern"
-        raise PackageError(
-            f"adapter {info.name!r}: field '{field}' gives rank {info.max_rank}, above --max-lora-rank "
-            f"{options.max_lora_rank}"
-        )
+    _refused(lambda: adapter_checks.check_rank(info, options.max_lora_rank, flag="--max-lora-rank"))
     if info.modules_to_save and not (options.allow_modules_to_save or options.merge):
         raise PackageError(
             f"adapter {info.name!r}: field 'modules_to_save' lists {list(info.modules_to_save)}: full copies of "
@@ -93,84 +93,21 @@ def check_serving(info: AdapterInfo, options: BuildOptions) -> None:
         )
 
 
-def _last_part(reference: str) -> str:
-    return reference.rstrip("/").rsplit("/", 1)[-1].lower()
-
-
 def check_base_name(info: AdapterInfo, options: BuildOptions, base: BaseModel | None) -> None:
     """The adapter's ``base_model_name_or_path`` must name the base being packaged (by last part)."""
-    declared = info.base_model_name_or_path
-    if not declared or options.allow_base_mismatch:
+    if options.allow_base_mismatch:
         return
-    if base is not None:
-        if Path(declared).expanduser().resolve() == base.path.resolve():
-            return
-        names = base.name_hints
-    else:
-        names = frozenset({_last_part(options.base_model)})
-    if _last_part(declared) not in names:
-        raise PackageError(
-            f"adapter {info.name!r}: field 'base_model_name_or_path' is {declared!r}, which contradicts "
-            f"--base-model {options.base_model!r} (pass --allow-base-mismatch if they are the same model)"
-        )
+    names = base.name_hints if base is not None else frozenset({adapter_checks.last_part(options.base_model)})
+    _refused(lambda: adapter_checks.check_base_name(
+        info, names, base_path=base.path if base is not None else None, served=f"--base-model {options.base_model!r}",
+        hint=" (pass --allow-base-mismatch if they are the same model)"))
 
 
 def check_target_modules(info: AdapterInfo, source: Path, base: BaseModel) -> None:
     """Every ``target_modules`` entry must match a module of the base, as peft matches them."""
-    raw = json.loads((source / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("target_modules")
-    modules = base.module_names
-    if isinstance(raw, str):
-        if raw == "all-linear":
-            return
-        try:
-            pattern = re.compile(raw)
-        except re.error as err:
-            raise PackageError(f"adapter {info.name!r}: field 'target_modules' is not a valid regex: {err}") from None
-        if not any(pattern.fullmatch(module) for module in modules):
-            raise PackageError(f"adapter {info.name!r}: field 'target_modules' ({raw!r}) matches no base module")
-        return
-    missing = [
-        key for key in info.target_modules
-        if not any(module == key or module.endswith("." + key) for module in modules)
-    ]
-    if missing:
-        raise PackageError(
-            f"adapter {info.name!r}: field 'target_modules' names modules the base model does not have: "
-            f"{', '.join(missing)}"
-        )
-
-
-def _tokenizer_size(path: Path) -> int | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        ids = list(data["model"]["vocab"].values()) + [token["id"] for token in data.get("added_tokens", [])]
-        return max(ids) + 1 if ids else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        return None
+    _refused(lambda: adapter_checks.check_target_modules(info, base.module_names))
 
 
 def check_vocab(info: AdapterInfo, source: Path, shapes: dict[str, tuple[int, ...]], base: BaseModel) -> None:
     """Embedding-sized tensors (and the adapter's own tokenizer) must fit the base's vocabulary."""
-    vocab = base.vocab_size
-    if vocab is None:
-        return
-    for tensor, shape in sorted(shapes.items()):
-        module = tensor.split(".lora_", 1)[0] if ".lora_" in tensor else tensor.rsplit(".", 1)[0]
-        if not any(module.endswith(key) or f".{key}." in module for key in EMBEDDING_MODULES) or len(shape) != 2:
-            continue
-        if "lora_embedding_A" in tensor:
-            rows = shape[1]
-        elif "lora_A" in tensor or "lora_embedding_B" in tensor:
-            continue
-        else:  # lm_head lora_B, or a full copy from modules_to_save
-            rows = shape[0]
-        if rows != vocab:
-            raise PackageError(
-                f"adapter {info.name!r}: tensor {tensor} has {rows} vocabulary rows but the base model's "
-                f"vocab_size is {vocab} (resize the base embeddings or retrain the adapter)"
-            )
-    tokens = _tokenizer_size(source / "tokenizer.json") if info.has_tokenizer else None
-    if tokens is not None and tokens > vocab:
-        raise PackageError(
-            f"adapter {info.name!r}: its tokenizer has {tokens} tokens but the base model's vocab_size is {vocab}"
-        )
+    _refused(lambda: adapter_checks.check_vocab(info, shapes, base.vocab_size))

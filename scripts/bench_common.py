@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from handler.generate import GenerateRequest
-from handler.loading import LoadedModel, on_own_thread
+from handler.loading import LoadedModel
 from handler.sampling import SamplingParams
 from handler.service import run
+from handler.threads import on_own_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every request runs to exactly its token count (ignore_eos): the random model's early EOS would otherwise

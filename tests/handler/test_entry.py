@@ -199,4 +199,4 @@ def test_register_adapter_accepts_packaged_adapters_and_refuses_others(served) -
     known = asyncio.run(entry.register_adapter(Input({"name": "alpha", "src": "/opt/ml/model/adapters/alpha"})))
     assert "code" not in known.record()
     refused = asyncio.run(entry.register_adapter(Input({"name": "zeta", "src": "/elsewhere"}))).record()
-    assert refused["code"] == "404" and refused["error"].startswith("unknown_adapter: ")
+    assert refused["code"] == "400" and refused["error"].startswith("invalid_adapter: ")

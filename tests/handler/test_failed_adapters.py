@@ -133,9 +133,9 @@ def test_when_peft_itself_raises_the_model_is_left_as_it_was(
 ) -> None:
     # GIVEN the weights check switched off, so that peft's own load_state_dict meets the bad shapes:
     # "aardvark" loads first (peft wraps the base, injects its layers, then raises), "zulu" after alpha
-    import handler.attach
+    import handler.registry
 
-    monkeypatch.setattr(handler.attach, "check_adapter_weights", lambda info, base=None: None)
+    monkeypatch.setattr(handler.registry, "check_adapter_weights", lambda info, base=None: None)
     model_dir = _model_dir(tiny_model_dir, tmp_path / "model", {
         "aardvark": lambda f: _edit_config(f, r=16),
         "zulu": _swap_for(real_adapters["wide"]),

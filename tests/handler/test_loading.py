@@ -58,22 +58,24 @@ def test_base_model_from_s3_prefix(tiny_model_dir: Path, tmp_path: Path, monkeyp
 def test_loading_runs_on_a_thread_that_ends_with_it(tiny_model_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import threading
 
-    from handler import loading
+    from handler import attach, loading
     from handler.config import HandlerSettings
 
     seen: list[str] = []
-    real = loading.attach_adapters
+    real = loading.AutoModelForCausalLM if hasattr(loading, "AutoModelForCausalLM") else None
+    assert real is None  # imported inside the loading thread
+    real_attach = attach.attach
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(threading.current_thread().name)
-        return real(*args, **kwargs)
+        return real_attach(*args, **kwargs)
 
-    monkeypatch.setattr(loading, "attach_adapters", spy)
-    loading.load_model(tiny_model_dir, HandlerSettings.from_env({}))
+    monkeypatch.setattr(attach, "attach", spy)
+    lm = loading.load_model(tiny_model_dir, HandlerSettings.from_env({}))
     # torch's OpenMP pool lives as long as the thread that made it: none is left beside the engine's
-    assert seen == ["lora-load"]
-    assert "lora-load" not in [t.name for t in threading.enumerate()]
+    assert len(seen) == len(lm.adapters) > 0 and set(seen) == {"lora-attach"}
+    assert not {"lora-load", "lora-attach"} & {t.name for t in threading.enumerate()}
     # and a failure is raised on the caller's thread, with its own type
-    monkeypatch.setattr(loading, "attach_adapters", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
+    monkeypatch.setattr(loading, "resolve_base_model", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
     with pytest.raises(ValueError, match="boom"):
         loading.load_model(tiny_model_dir, HandlerSettings.from_env({}))

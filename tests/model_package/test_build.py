@@ -76,9 +76,10 @@ def test_archive_layout_matches_the_contract(options_for: Callable[..., BuildOpt
         p.relative_to(Path("handler")).as_posix() for p in Path("handler").rglob("*.py") if "__pycache__" not in p.parts
     }
 
-    # model.py exposes only the DJL entries (async and sync handle, register_adapter); inference.py the
+    # model.py exposes only the DJL entries (async and sync handle, the adapter calls); inference.py the
     # four toolkit functions
-    assert _imported_names(root / "model.py") == {"handler.entry": ["handle", "handle_sync", "register_adapter"]}
+    assert _imported_names(root / "model.py") == {
+        "handler.entry": ["handle", "handle_sync", "register_adapter", "unregister_adapter", "update_adapter"]}
     assert "def " not in (root / "model.py").read_text()
     assert _imported_names(root / "code" / "inference.py") == {
         "handler.entry": ["input_fn", "model_fn", "output_fn", "predict_fn"]}
