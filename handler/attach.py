@@ -217,3 +217,102 @@ def attaches_in_place(model: Any, config: Any, weights: dict[str, Any]) -> bool:
         if type(layer) is not LoraLinear:
             return False
     return True
+
+
+# Per-adapter entries of a peft LoRA Linear layer the fast path fills (dicts and ModuleDicts keyed by
+# adapter name); a layer with any other keyed entry goes through peft's own add_adapter.
+_KEYED = frozenset({"r", "lora_alpha", "scaling", "use_dora", "use_rslora", "lora_bias", "lora_A", "lora_B",
+                    "lora_dropout"})
+
+
+class FastAttach:
+    """An adapter's LoRA modules, built off the model, ready to be put into the layers in one short step.
+
+    peft's ``add_adapter`` walks every module of the model several times (about 50 ms on a 7-layer model,
+    mostly Python). When every target of the adapter is a LoRA Linear layer the model has already, this
+    does what peft's ``update_layer`` leaves behind - the factors as ``nn.Linear`` modules, ``r``,
+    ``lora_alpha``, ``scaling`` (``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA), no dropout (inference),
+    no DoRA, no bias - as a handful of dict writes per layer, so that the engine pauses for far less than
+    a decode step. Tests check that it serves the same tokens as peft's own path in every supported peft.
+    """
+
+    def __init__(self, model: Any, name: str, config: Any, info: AdapterInfo, weights: dict[str, Any]) -> None:
+        import math
+
+        from torch import nn
+
+        self.model, self.name, self.config = model, name, config
+        inner = model.get_base_model()
+        parts: dict[str, dict[str, Any]] = {}
+        for key, tensor in weights.items():
+            module, _, rest = key.removeprefix("base_model.model.").partition(".lora_")
+            parts.setdefault(module, {})[rest.split(".", 1)[0]] = tensor
+        self.layers: list[tuple[Any, dict[str, Any]]] = []
+        for module, factors in parts.items():
+            layer = inner.get_submodule(module)
+            a, b = factors["A"], factors["B"]
+            rank = int(a.shape[0])
+            alpha = _alpha_for(info, module)
+            device = layer.base_layer.weight.device
+            entries = {
+                "r": rank,
+                "lora_alpha": alpha,
+                "scaling": alpha / math.sqrt(rank) if getattr(config, "use_rslora", False) else alpha / rank,
+                "use_dora": False,
+                "use_rslora": bool(getattr(config, "use_rslora", False)),
+                "lora_bias": False,
+                "lora_A": _frozen_linear(a.to(device)),
+                "lora_B": _frozen_linear(b.to(device)),
+                "lora_dropout": nn.Identity(),
+            }
+            self.layers.append((layer, entries))
+
+    @staticmethod
+    def applies(model: Any, config: Any, weights: dict[str, Any]) -> bool:
+        """The fast path serves this adapter: ``attaches_in_place``, only ``lora_A`` / ``lora_B`` weights, and
+        each target layer holds nothing keyed by adapter beyond what the fast path fills."""
+        if not attaches_in_place(model, config, weights) or not getattr(model, "peft_config", None):
+            return False
+        if any(not key.endswith((".lora_A.weight", ".lora_B.weight")) for key in weights):
+            return False
+        inner = model.get_base_model()
+        for key in weights:
+            layer = inner.get_submodule(key.removeprefix("base_model.model.").partition(".lora_")[0])
+            some = next(iter(layer.lora_A.keys()), None)  # an adapter peft put there: what it keys by name
+            if some is None:
+                return False
+            held = {k for k, v in vars(layer).items() if isinstance(v, dict) and some in v}
+            held |= {k for k, v in layer._modules.items() if hasattr(v, "keys") and some in v}
+            if not held <= _KEYED:
+                return False
+        return True
+
+    def insert(self) -> None:
+        """Put the modules into the layers (between engine steps: no forward pass may run meanwhile)."""
+        for layer, entries in self.layers:
+            for key, value in entries.items():
+                target = getattr(layer, key, None)
+                if target is not None:
+                    target[self.name] = value
+        self.model.peft_config[self.name] = self.config
+
+
+def _frozen_linear(weight: Any) -> Any:
+    """An ``nn.Linear`` (no bias) around ``weight`` without initialising a weight first."""
+    from torch import nn
+
+    linear = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(linear)
+    linear.in_features, linear.out_features = int(weight.shape[1]), int(weight.shape[0])
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    linear.register_parameter("bias", None)
+    linear.eval()
+    return linear
+
+
+def _alpha_for(info: AdapterInfo, module: str) -> float:
+    """The ``lora_alpha`` peft gives ``module``: the first ``alpha_pattern`` key matching its path's end."""
+    for key, alpha in info.alpha_pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module):  # peft's get_pattern_key
+            return float(alpha)
+    return float(info.alpha)

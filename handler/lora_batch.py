@@ -178,6 +178,17 @@ class BatchedLora:
                     layer.forward = own
 
 
+    def stack_steps(self) -> Iterator[None]:
+        """Stack the factors one layer per step (the caller spreads the steps over engine iterations, so
+        that no iteration waits for all of them); the stacks are in place once the iterator is exhausted."""
+        if self._stacks is not None and not any(stack.stale() for stack in self._stacks):
+            return
+        stacks: list[_Stack] = []
+        for layer in self._layers:
+            stacks.extend(_build_stacks([layer], self._names))
+            yield
+        self._stacks = stacks
+
     def _fresh_stacks(self) -> list[_Stack]:
         if self._stacks is None or any(stack.stale() for stack in self._stacks):
             self._stacks = _build_stacks(self._layers, self._names)
@@ -333,7 +344,7 @@ def _lora_forward(base: Any, factors: _Factors, plan: _Plan) -> Callable[..., An
 # Where ``for_model`` keeps a model's instances: on the model itself, so they go when the model goes (a
 # weak-keyed dict would keep the model alive through the values' references to it).
 _ATTRIBUTE = "_lora_endpoint_batched_lora"
-_KEPT = 3  # adapter sets kept per model: the one served, and the next one while it is being built
+_KEPT = 2  # adapter sets kept per model: the one served, and the next one while it is being built
 _CACHE_LOCK = threading.Lock()
 
 

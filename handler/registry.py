@@ -36,7 +36,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ log = logging.getLogger("lora_endpoint.handler")
 PACKAGE, REGISTERED, JIT = "package", "registered", "jit"
 MAX_ADAPTER_FILES = 1000  # files one downloaded adapter may have
 MISSING_TTL_S = 30.0  # a just-in-time name found missing is not looked up again for this long
+STACK_BUDGET_S = 0.002  # engine time per step spent stacking a new adapter set's factors
 
 
 class _Missing(AdapterRejected):
@@ -412,10 +413,14 @@ class AdapterRegistry:
         lm = self.lm
         with self._cond:
             target = tuple(sorted(n for n in [*self._device, *attach_names] if n not in evict))
-            copies = {n: self._entries[n].host for n in attach_names}
-        in_place = lm.engine is not None and bool(lm.resident) and all(
-            c is not None and attach.attaches_in_place(lm.model, c[0], c[1]) for c in copies.values()
-        ) and lora_batch.for_model(lm.model, lm.resident).supported
+            entries = {n: self._entries[n] for n in attach_names}
+        copies = {n: e.host or self._fail_host(n) for n, e in entries.items()}
+        fast: dict[str, attach.FastAttach] = {}
+        if lm.engine is not None and lm.resident and lora_batch.for_model(lm.model, lm.resident).supported:
+            import copy
+
+            fast = {n: attach.FastAttach(lm.model, n, copy.deepcopy(c[0]), entries[n].info, c[1])
+                    for n, c in copies.items() if attach.FastAttach.applies(lm.model, c[0], c[1])}
         attached: list[str] = []
 
         def add() -> None:
@@ -423,9 +428,17 @@ class AdapterRegistry:
 
             with torch.inference_mode(False), torch.no_grad():
                 for name in attach_names:
-                    config, weights = copies[name] or self._fail_host(name)
-                    lm.model = attach.attach(lm.model, name, config, weights)
+                    if name in fast:
+                        fast[name].insert()
+                    else:
+                        config, weights = copies[name]
+                        lm.model = attach.attach(lm.model, name, config, weights)
                     attached.append(name)
+
+        def build() -> None:
+            import torch
+
+            with torch.inference_mode(False), torch.no_grad():
                 lora_batch.prebuild(lm.model, target)
 
         def publish() -> None:
@@ -434,15 +447,25 @@ class AdapterRegistry:
                 attach.detach(lm.model, name)
 
         try:
-            if in_place:
-                on_own_thread(add, name="lora-attach")  # beside the engine's steps (module docstring)
+            if len(fast) == len(attach_names):
+                # A few dict writes between two steps; the model scanned for the new set beside the engine's
+                # steps (Python only); its factors stacked on the engine thread a few layers between each two
+                # steps (torch work on another thread would start a second OpenMP pool on the same cores and
+                # slow the engine's steps, see loading.load_model); the switch between two more.
+                self._on_model(add)
+                batched = on_own_thread(lambda: lora_batch.for_model(lm.model, target), name="lora-attach")
+                if batched.supported:
+                    steps = batched.stack_steps()
+                    while not self._on_model(lambda: _advance(steps, STACK_BUDGET_S)):
+                        pass
                 self._on_model(publish)
             else:
-                def add_and_publish() -> None:
+                def all_at_once() -> None:
                     add()
+                    build()
                     publish()
 
-                self._on_model(add_and_publish)
+                self._on_model(all_at_once)
         except BaseException:
             def undo() -> None:
                 for name in attached:
@@ -676,6 +699,12 @@ class AdapterRegistry:
     def _discard(folder: Path | None) -> None:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _advance(steps: Iterator[None], budget_s: float) -> bool:
+    """Run ``steps`` for about ``budget_s``; True once they are exhausted."""
+    started = time.perf_counter()
+    return all(time.perf_counter() - started < budget_s for _ in steps)
 
 
 def _same_src(entry: Entry, src: str) -> bool:

@@ -8,6 +8,7 @@ docs/benchmarks.md with the command and the machine. A script, not a test: it as
     python scripts/bench.py --device cuda   # the same on a GPU
     python scripts/bench.py --quick         # smaller, for a smoke run
     python scripts/bench.py serving --help  # the side-by-side run against vLLM's OpenAI server
+    python scripts/bench.py adapters --help  # adapters registered, loaded and evicted at run time
 """
 
 from __future__ import annotations
@@ -232,6 +233,10 @@ def render(figures: dict[str, Any], command: str, machine: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["adapters"]:
+        from scripts.bench_adapters import main as adapters_main
+
+        return adapters_main(args_in[1:])
     if args_in[:1] == ["serving"]:
         from scripts.bench_serving import main as serving_main
 

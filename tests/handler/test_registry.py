@@ -331,3 +331,74 @@ def test_an_s3_src_is_downloaded_once_and_removed_with_the_adapter(
             lm.registry.register("ad5", "s3://adapters/team/ad5/")
         lm.registry.unregister("ad4")
         assert not any((tmp_path / "cache").iterdir())
+
+
+def _keyed(lm: LoadedModel, name: str) -> list[dict[str, Any]]:
+    """Every LoRA layer's per-adapter entries for ``name``: plain values, and module types and weights."""
+    import torch
+
+    found = []
+    for module in lm.model.modules():
+        if name not in getattr(module, "lora_A", {}):
+            continue
+        entries: dict[str, Any] = {k: v[name] for k, v in vars(module).items() if isinstance(v, dict) and name in v}
+        for key, holder in module._modules.items():
+            if hasattr(holder, "keys") and name in holder:
+                sub = holder[name]
+                weight = getattr(sub, "weight", None)
+                entries[key] = (type(sub).__name__, None if weight is None else weight.detach().clone(),
+                                getattr(sub, "bias", None))
+        found.append(entries)
+    assert found and all(isinstance(e["lora_A"][1], torch.Tensor) for e in found)
+    return found
+
+
+def test_the_fast_attach_leaves_what_peft_leaves_and_serves_the_same_tokens(
+    tiny_model_dir: Path, pool: Path, expected: dict[str | None, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from handler import attach
+    from handler.engine import engine_for
+
+    # GIVEN one model where ad1 comes in through the fast path (engine running, ad0 resident) ...
+    used: list[str] = []
+    real_insert = attach.FastAttach.insert
+    monkeypatch.setattr(attach.FastAttach, "insert", lambda self: (used.append(self.name), real_insert(self))[1])
+    fast = _base_only(tiny_model_dir, tmp_path / "fast")
+    fast.registry.register("ad0", str(pool / "ad0"))
+    engine_for(fast)
+    _answer(fast, "ad0")
+    fast.registry.register("ad1", str(pool / "ad1"))
+    assert _answer(fast, "ad1") == expected["ad1"]
+    assert used == ["ad1"]
+    # ... and one where peft's add_adapter loads it (no engine yet)
+    slow = _base_only(tiny_model_dir, tmp_path / "slow")
+    slow.registry.register("ad0", str(pool / "ad0"))
+    slow.registry.register("ad1", str(pool / "ad1"))
+    slow.registry.acquire(["ad0", "ad1"]).release()
+    assert used == ["ad1"]
+    # THEN every layer holds the same entries for it (values, module types, weights)
+    for got, want in zip(_keyed(fast, "ad1"), _keyed(slow, "ad1"), strict=True):
+        assert set(got) == set(want)
+        for key in want:
+            if isinstance(want[key], tuple):
+                assert got[key][0] == want[key][0] and got[key][2] is None and want[key][2] is None
+                assert (got[key][1] is None) == (want[key][1] is None)
+                if want[key][1] is not None:
+                    assert torch.equal(got[key][1], want[key][1]), key
+            else:
+                assert got[key] == want[key], key
+    # AND peft's own mixed-batch path (adapter_names) gives the same logits on both
+    ids = torch.tensor([fast.tokenizer(PROMPT).input_ids] * 3)
+    names = ["ad1", "ad0", "__base__"]
+    with torch.inference_mode():
+        fast.engine.stop()
+        fast.engine = None
+        out_fast = fast.model(input_ids=ids, adapter_names=names).logits
+        out_slow = slow.model(input_ids=ids, adapter_names=names).logits
+    assert torch.allclose(out_fast, out_slow, atol=1e-5)
+    # AND unregistering it leaves nothing of it in the layers
+    fast.registry.unregister("ad1")
+    assert not any("ad1" in getattr(m, "lora_A", {}) for m in fast.model.modules())
