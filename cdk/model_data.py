@@ -5,13 +5,19 @@
 - a local ``model.tar.gz`` or folder: uploaded as a CDK asset, keyed by content hash (a folder is packed
   into a deterministic ``model.tar.gz`` at synth time);
 - empty: the ``model/`` prefix of the stack's own artifacts bucket (upload there before the first deploy).
+
+``package_size`` reads how large a local package is unpacked (for the serverless mode's limits).
 """
 
 from __future__ import annotations
 
+import tarfile
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+
+from model_package.layout import MANIFEST
+from model_package.manifest import parse_manifest, read_manifest
 
 DEFAULT_PREFIX = "model/"
 
@@ -81,3 +87,28 @@ def _parse_s3(uri: str) -> ModelData:
     raise ValueError(
         f"s3:// URI must end in .tar.gz (an archive) or / (an uncompressed prefix), got {uri!r}"
     )
+
+
+def package_size(model_data: ModelData) -> int | None:
+    """Bytes of a local package once unpacked, from its ``manifest.json``; None for model data in S3.
+
+    A folder without a manifest is measured file by file. An archive is read only up to its first
+    member, where ``model_package`` puts the manifest: a ``ValueError`` when it is not there.
+    """
+    if model_data.kind is ModelDataKind.LOCAL_FOLDER:
+        root = Path(model_data.path)
+        if (root / MANIFEST).is_file():
+            return read_manifest(root / MANIFEST).total_bytes
+        return sum(path.stat().st_size for path in root.rglob("*") if path.is_file() and not path.is_symlink())
+    if model_data.kind is ModelDataKind.LOCAL_ARCHIVE:
+        try:
+            with tarfile.open(model_data.path, "r|gz") as tar:
+                first = tar.next()
+                handle = tar.extractfile(first) if first is not None and first.isfile() else None
+                if first is None or first.name.removeprefix("./") != MANIFEST or handle is None:
+                    raise ValueError(f"{model_data.path!r} does not start with {MANIFEST} (it was not built by "
+                                     "model_package): its size cannot be read, set model_size_mb")
+                return parse_manifest(handle.read()).total_bytes
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise ValueError(f"cannot read {model_data.path!r} as a .tar.gz ({err})") from None
+    return None

@@ -7,29 +7,34 @@ Values come from ``cdk.json`` (JSON types) or ``-c key=value`` (strings); both a
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from cdk.components.images import load_table
+from cdk.components.images import HF_CPU_TABLE_PATH, ImageTable, load_table
+from cdk.context_reader import ContextReader
+from cdk.endpoint_modes import (
+    COMPONENTS,
+    MODE_KEYS,
+    MODES,
+    SERVERLESS,
+    VARIANT,
+    AdapterComponent,
+    InferenceComponentSettings,
+    ServerlessSettings,
+    base_component_name,
+    package_bytes_for,
+    serverless_fit,
+)
+from cdk.errors import ContextError
+from cdk.errors import require as _require
 from cdk.model_data import ModelData, parse_model_data
 from cdk.network_isolation import SETTINGS as NETWORK_ISOLATION
 from cdk.network_isolation import NetworkIsolation, decide, package_base_model
 from handler import config as handler_config
 
 __all__ = ["ContextError", "DeploymentSettings", "known_keys"]
-
-T = TypeVar("T")
-
-
-class ContextError(ValueError):
-    """A context value the stack cannot be built with; ``key`` names the context key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"context key '{key}': {message}")
-        self.key = key
 
 # CUDA 13 (the pinned LMI image) supports compute capability 7.5+: T4, A10G, L4, L40S, A100, H100, B200.
 GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "g7e", "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200")
@@ -42,11 +47,6 @@ API_AUTH_MODES = ("iam", "api_keys")
 REMOVAL_POLICIES = ("retain", "destroy")
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
                       2922, 3288, 3653)
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ContextError(key, message)
 
 
 def _in_range(key: str, value: float, low: float, high: float) -> None:
@@ -102,6 +102,8 @@ class EndpointSettings:
     data_capture_percent: int = 0
     deploy_bake_s: int = 600
     network_isolation: str = "auto"
+    mode: str = VARIANT
+    """``endpoint_mode``: ``variant``, ``inference_components`` or ``serverless`` (see ``cdk.endpoint_modes``)."""
     effective_base_model: str = field(init=False)
     """The base the handler loads: the package's own ``option.base_model`` (DJL options win over the
     environment; only local packages can be read at synth), else ``LORA_BASE_MODEL``; empty means ``base/``."""
@@ -114,6 +116,18 @@ class EndpointSettings:
             "endpoint_name",
             f"must be 1-63 lower-case letters, digits and hyphens, got {self.endpoint_name!r}",
         )
+        _require(self.mode in MODES, "endpoint_mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == COMPONENTS:
+            _require(len(base_component_name(self.endpoint_name)) <= 63, "endpoint_name",
+                     f"at most 58 characters with endpoint_mode={COMPONENTS} (the base inference component is "
+                     f"named {base_component_name(self.endpoint_name)!r}, at most 63)")
+        if self.mode == SERVERLESS:
+            _require(not self.vpc_subnet_ids, "vpc_subnet_ids",
+                     "Serverless Inference does not support VPC configuration (AWS's feature exclusions)")
+        why = ("Serverless Inference does not support it (AWS's feature exclusions)" if self.mode == SERVERLESS
+               else "this stack does not set it up for inference components")
+        _require(self.mode == VARIANT or self.data_capture_percent == 0, "data_capture_percent",
+                 f"data capture works with endpoint_mode={VARIANT} only: {why}")
         instance_family(self.instance_type)
         _in_range("instance_count", self.instance_count, 1, 100)
         _in_range("model_data_download_timeout_s", self.model_data_download_timeout_s, 60, 3600)
@@ -137,6 +151,13 @@ class EndpointSettings:
                 f"an s3:// base model needs a key prefix after the bucket, got {base!r}",
             )
         object.__setattr__(self, "effective_base_model", base)
+        if self.mode == SERVERLESS:
+            _require(self.network_isolation != "true", "network_isolation",
+                     "cannot be true with endpoint_mode=serverless: Serverless Inference does not support network "
+                     "isolation (AWS's feature exclusions)")
+            object.__setattr__(self, "isolation", NetworkIsolation(
+                False, "SageMaker Serverless Inference does not support network isolation"))
+            return
         try:
             object.__setattr__(self, "isolation", decide(self.network_isolation, base))
         except ValueError as err:
@@ -155,7 +176,7 @@ class ScalingSettings:
     scale_out_cooldown_s: int = 120
 
     def __post_init__(self) -> None:
-        _in_range("min_capacity", self.min_capacity, 1, 100)
+        _in_range("min_capacity", self.min_capacity, 0, 100)  # 0 only with scale to zero: see _check_mode
         _in_range("max_capacity", self.max_capacity, 1, 100)
         _require(
             self.min_capacity <= self.max_capacity,
@@ -239,17 +260,25 @@ class DeploymentSettings:
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
+    components: InferenceComponentSettings = field(default_factory=InferenceComponentSettings)
+    serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
+    package_bytes: int | None = None
+    """The package's unpacked size (serverless mode only): from a local package's manifest or ``model_size_mb``."""
+    package_source: str = ""
+    """Where ``package_bytes`` came from, for messages."""
+    given: frozenset[str] = frozenset()
+    """The mode-specific context keys that were set (each is refused outside its modes)."""
 
     def __post_init__(self) -> None:
         _require(STACK_NAME.match(self.stack_name) is not None, "stack_name", f"invalid: {self.stack_name!r}")
         _require(self.account == "" or ACCOUNT.match(self.account) is not None, "account",
                  f"must be a 12-digit account id, got {self.account!r}")
-        table = load_table()
+        table = self.image
         _require(
             self.region in table.registries,
             "region",
-            f"the LMI image table ({table.repository}:{table.tag}) has no registry in {self.region!r}; "
-            "regenerate it with scripts/gen_image_table.py or pick another region",
+            f"the {table.framework} image table ({table.repository}:{table.tag}) has no registry in "
+            f"{self.region!r}; regenerate it from sagemaker-core's image config or pick another region",
         )
         _require(
             self.kms_key_arn == "" or (self.kms_key_arn.startswith("arn:") and ":key/" in self.kms_key_arn),
@@ -280,11 +309,51 @@ class DeploymentSettings:
             f"time_budget_s ({budget:g}) must be below api_timeout_s ({self.api.timeout_s}) so a caller "
             "gets the partial answer, not a gateway timeout",
         )
+        self._check_mode()
+
+    def _check_mode(self) -> None:
+        """Refuse what the endpoint mode cannot do, naming the key: each combination AWS (or this stack) rejects."""
+        mode = self.endpoint.mode
+        _require(not self.components.scale_to_zero or mode == COMPONENTS, "scale_to_zero",
+                 f"needs endpoint_mode={COMPONENTS}: SageMaker scales real-time endpoints to zero only through "
+                 f"inference components (endpoint_mode={SERVERLESS} scales to zero by itself)")
+        for key in sorted(self.given):
+            modes = MODE_KEYS[key]
+            _require(mode in modes, key, f"applies to endpoint_mode={' or '.join(modes)} only, not {mode}")
+        if self.scaling.min_capacity == 0:
+            _require(mode == COMPONENTS and self.components.scale_to_zero, "min_capacity",
+                     f"0 instances needs endpoint_mode={COMPONENTS} with scale_to_zero=true (the alarm and step "
+                     "policy that bring a copy back)")
+        if mode == COMPONENTS:
+            _require(not self.components.scale_to_zero or self.scaling.min_capacity == 0, "min_capacity",
+                     f"scale_to_zero=true scales instances down to 0: min_capacity must be 0, got "
+                     f"{self.scaling.min_capacity}")
+            gpus = instance_gpus(self.endpoint.instance_type)
+            _require(self.components.accelerators <= gpus, "ic_accelerators",
+                     f"{self.endpoint.instance_type} has {gpus} GPU(s), a copy cannot reserve "
+                     f"{self.components.accelerators}")
+        if mode == SERVERLESS:
+            _require(self.package_bytes is not None, "model_size_mb",
+                     "endpoint_mode=serverless checks the package against Serverless Inference's limits (5 GB disk, "
+                     "at most 6144 MB memory); model_data is in S3, so give its unpacked size in MB (manifest.json's "
+                     "file sizes added up)")
+            assert self.package_bytes is not None
+            serverless_fit(self.package_bytes, self.serverless.memory_mb, self.package_source)
+
+    @property
+    def image(self) -> ImageTable:
+        """The pinned image table of this mode: LMI on GPUs, the Hugging Face CPU container for serverless."""
+        return load_table(HF_CPU_TABLE_PATH) if self.endpoint.mode == SERVERLESS else load_table()
 
     @property
     def image_uri(self) -> str:
-        """The pinned LMI image in this stack's region."""
-        return load_table().uri(self.region)
+        """The pinned image in this stack's region."""
+        return self.image.uri(self.region)
+
+    @property
+    def base_component(self) -> str:
+        """The base inference component's name (``inference_components`` mode)."""
+        return base_component_name(self.endpoint.endpoint_name)
 
     @classmethod
     def from_context(cls, app: Any) -> DeploymentSettings:
@@ -294,10 +363,10 @@ class DeploymentSettings:
     @classmethod
     def from_mapping(cls, ctx: Mapping[str, Any]) -> DeploymentSettings:
         """Build from a plain mapping of context keys (what tests pass)."""
-        return _build(_Reader(ctx))
+        return _build(ContextReader(ctx))
 
 
-def _build(read: _Reader) -> DeploymentSettings:
+def _build(read: ContextReader) -> DeploymentSettings:
     """Read every key through ``read``; the one place that lists the context keys and their defaults."""
     api = ApiSettings(
         auth=read.text("api_auth", "iam"),
@@ -321,9 +390,11 @@ def _build(read: _Reader) -> DeploymentSettings:
         data_capture_percent=read.integer("data_capture_percent", 0),
         deploy_bake_s=read.integer("deploy_bake_s", 600),
         network_isolation=read.text("network_isolation", "auto").lower(),
+        mode=read.text("endpoint_mode", VARIANT).lower(),
     )
+    to_zero = read.boolean("scale_to_zero", False)
     scaling = ScalingSettings(
-        min_capacity=read.integer("min_capacity", 1),
+        min_capacity=read.integer("min_capacity", 0 if to_zero else 1),
         max_capacity=read.integer("max_capacity", 2),
         scaling_metric=read.text("scaling_metric", "concurrency"),
         scaling_target=read.number("scaling_target", 4.0 if read.text("scaling_metric", "") != "invocations"
@@ -331,6 +402,23 @@ def _build(read: _Reader) -> DeploymentSettings:
         scale_in_cooldown_s=read.integer("scale_in_cooldown_s", 600),
         scale_out_cooldown_s=read.integer("scale_out_cooldown_s", 120),
     )
+    components = InferenceComponentSettings(
+        scale_to_zero=to_zero,
+        copy_count=read.integer("copy_count", 1),
+        min_copies=read.integer("min_copies", 0 if to_zero else 1),
+        max_copies=read.integer("max_copies", scaling.max_capacity),
+        accelerators=read.integer("ic_accelerators", 1),
+        min_memory_mb=read.integer("ic_min_memory_mb", 1024),
+        adapters=tuple(AdapterComponent(name=str(item["name"]), artifact_url=str(item["artifact_url"]))
+                       for item in read.records("adapter_components", ("name", "artifact_url"))),
+    )
+    serverless = ServerlessSettings(
+        memory_mb=read.integer("serverless_memory_mb", 6144),
+        max_concurrency=read.integer("serverless_max_concurrency", 5),
+        provisioned_concurrency=read.integer("serverless_provisioned_concurrency", 0),
+    )
+    package_bytes, package_source = package_bytes_for(endpoint.mode, endpoint.model_data,
+                                                      read.integer("model_size_mb", 0))
     defaults = AlarmSettings()
     alarms = AlarmSettings(
         email=read.text("alarm_email", ""),
@@ -352,6 +440,11 @@ def _build(read: _Reader) -> DeploymentSettings:
         scaling=scaling,
         api=api,
         alarms=alarms,
+        components=components,
+        serverless=serverless,
+        package_bytes=package_bytes,
+        package_source=package_source,
+        given=frozenset(key for key in MODE_KEYS if read.given(key)),
     )
 
 
@@ -378,76 +471,8 @@ def _handler_env(values: Mapping[str, Any], base_model: str, api_timeout_s: int)
     return dict(sorted(env.items()))
 
 
-class _Reader:
-    """Typed access to context values that may be JSON values or ``-c key=value`` strings."""
-
-    def __init__(self, ctx: Mapping[str, Any]) -> None:
-        self._ctx = ctx
-        self.asked: set[str] = set()
-
-    def _raw(self, key: str) -> Any:
-        self.asked.add(key)
-        return self._ctx.get(key)
-
-    def text(self, key: str, default: str) -> str:
-        value = self._raw(key)
-        if value is None:
-            return default
-        _require(isinstance(value, str | int | float), key, f"must be a string, got {value!r}")
-        return str(value).strip()
-
-    def integer(self, key: str, default: int) -> int:
-        value = self._raw(key)
-        if value is None or value == "":
-            return default
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ContextError(key, f"must be an integer, got {value!r}") from None
-        _require(number.is_integer() and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
-        return int(number)
-
-    def number(self, key: str, default: float) -> float:
-        value = self._raw(key)
-        if value is None or value == "":
-            return default
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ContextError(key, f"must be a number, got {value!r}") from None
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        value = self._raw(key)
-        if value is None or value == "":
-            return ()
-        if isinstance(value, str):
-            value = [part for part in value.split(",")]
-        _require(isinstance(value, list), key, f"must be a list or a comma-separated string, got {value!r}")
-        return tuple(str(item).strip() for item in value if str(item).strip())
-
-    def mapping(self, key: str) -> Mapping[str, Any]:
-        value = self._raw(key)
-        if value is None or value == "":
-            return {}
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise ContextError(key, f"must be a JSON object, got {value!r}") from None
-        _require(isinstance(value, dict), key, f"must be an object, got {value!r}")
-        return dict(value)
-
-    def parsed(self, key: str, default: str, parse: Callable[[str], T]) -> T:
-        try:
-            return parse(self.text(key, default))
-        except ValueError as err:
-            if isinstance(err, ContextError):
-                raise
-            raise ContextError(key, str(err)) from None
-
-
 def known_keys() -> frozenset[str]:
     """Every context key this app reads (app.py warns about others, which are usually typos)."""
-    reader = _Reader({})
+    reader = ContextReader({})
     _build(reader)
     return frozenset(reader.asked)

@@ -2,7 +2,8 @@
 
 Routes: ``POST /predict``, ``POST /rag``, ``POST /v1/chat/completions``, ``POST /invocations`` (passthrough)
 invoke the endpoint; ``GET /model/info`` invokes it with ``{"task": "info"}``; ``GET /health`` calls
-``DescribeEndpoint``. Status and error mapping: see ``api_mapping``.
+``DescribeEndpoint``. Status and error mapping: see ``api_mapping``. With inference components every invoke
+names one (the base, or the adapter's: see ``api_headers``).
 """
 
 from __future__ import annotations
@@ -26,25 +27,29 @@ JSON = "application/json"
 
 @dataclass(frozen=True)
 class Route:
-    """One invoke route: resource path, HTTP method, request model (None for GET) and request template."""
+    """One invoke route: resource path, HTTP method and request model (None for GET: the model info body)."""
 
     path: str
     method: str
     model: str | None
-    request_template: str
 
     @property
     def forwards_headers(self) -> bool:
         """Whether the caller's Content-Type, Accept, custom attributes and adapter header reach the model."""
         return self.method == "POST"
 
+    def request_template(self, inference_component: str | None) -> str:
+        if not self.forwards_headers:
+            return mapping.INFO_REQUEST_TEMPLATE
+        return headers.invoke_request_template(inference_component)
+
 
 ROUTES = (
-    Route("predict", "POST", "Generate", headers.INVOKE_REQUEST_TEMPLATE),
-    Route("rag", "POST", "Rag", headers.INVOKE_REQUEST_TEMPLATE),
-    Route("v1/chat/completions", "POST", "ChatCompletion", headers.INVOKE_REQUEST_TEMPLATE),
-    Route("invocations", "POST", "Invocation", headers.INVOKE_REQUEST_TEMPLATE),
-    Route("model/info", "GET", None, mapping.INFO_REQUEST_TEMPLATE),
+    Route("predict", "POST", "Generate"),
+    Route("rag", "POST", "Rag"),
+    Route("v1/chat/completions", "POST", "ChatCompletion"),
+    Route("invocations", "POST", "Invocation"),
+    Route("model/info", "GET", None),
 )
 
 _SCHEMA_KEYS = {
@@ -83,7 +88,9 @@ class InferenceApi(Construct):
         endpoint_arn: str,
         log_retention_days: int,
         removal_policy: RemovalPolicy,
+        inference_component: str | None = None,
     ) -> None:
+        """``inference_component``: the base inference component every invoke names (inference_components mode)."""
         super().__init__(scope, construct_id)
         iam_auth = settings.auth == "iam"
         # Access logs name callers and their IPs: encrypted, and kept with the stack's data under retain.
@@ -156,8 +163,9 @@ class InferenceApi(Construct):
                 path=f"endpoints/{endpoint_name}/invocations",
                 integration_http_method="POST",
                 options=self._options(
-                    settings, {JSON: route.request_template}, _invoke_responses(),
-                    headers.integration_request_parameters() if route.forwards_headers else _static_json_headers(),
+                    settings, {JSON: route.request_template(inference_component)}, _invoke_responses(),
+                    headers.integration_request_parameters(inference_component) if route.forwards_headers
+                    else _static_json_headers(inference_component),
                 ),
             )
             models = {JSON: self.api.add_model(
@@ -262,9 +270,11 @@ class InferenceApi(Construct):
             )
 
 
-def _static_json_headers() -> dict[str, str]:
-    """For routes whose body the gateway writes itself (model info, health): JSON both ways."""
-    return {f"integration.request.header.{name}": f"'{JSON}'" for name in (headers.CONTENT_TYPE, headers.ACCEPT)}
+def _static_json_headers(inference_component: str | None = None) -> dict[str, str]:
+    """For routes whose body the gateway writes itself (model info, health): JSON both ways; model info asks
+    the base inference component where there is one."""
+    params = {f"integration.request.header.{name}": f"'{JSON}'" for name in (headers.CONTENT_TYPE, headers.ACCEPT)}
+    return {**params, **headers.component_parameter(inference_component)}
 
 
 def _invoke_responses() -> list[apigw.IntegrationResponse]:

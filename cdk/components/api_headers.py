@@ -7,6 +7,10 @@ rely on headers outside those it lists, so ``X-Amzn-SageMaker-Adapter-Identifier
 itself. The request template appends it to the custom attributes instead, as
 ``X-Amzn-SageMaker-Adapter-Identifier=<name>``: DJL Serving's ``RequestParser`` splits custom attributes on
 ``;`` and ``=`` into request properties, where the handler reads it exactly like the header.
+
+With inference components the adapter header names the adapter's inference component instead: it becomes
+``X-Amzn-SageMaker-Inference-Component`` (``InferenceComponentName`` in the service model), which is the
+base component unless an adapter is named; SageMaker then tells the container which adapter to use.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ CONTENT_TYPE = "Content-Type"
 ACCEPT = "Accept"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 ADAPTER = "X-Amzn-SageMaker-Adapter-Identifier"
+INFERENCE_COMPONENT = "X-Amzn-SageMaker-Inference-Component"
 FORWARDED = (CONTENT_TYPE, ACCEPT, CUSTOM_ATTRIBUTES)
 
 
@@ -23,9 +28,18 @@ def method_request_parameters() -> dict[str, bool]:
     return {f"method.request.header.{name}": False for name in (*FORWARDED, ADAPTER)}
 
 
-def integration_request_parameters() -> dict[str, str]:
-    """Caller header -> the runtime request header of the same name."""
-    return {f"integration.request.header.{name}": f"method.request.header.{name}" for name in FORWARDED}
+def component_parameter(inference_component: str | None) -> dict[str, str]:
+    """The runtime's inference component header set to ``inference_component`` (nothing when None)."""
+    if inference_component is None:
+        return {}
+    return {f"integration.request.header.{INFERENCE_COMPONENT}": f"'{inference_component}'"}
+
+
+def integration_request_parameters(inference_component: str | None = None) -> dict[str, str]:
+    """Caller header -> the runtime request header of the same name; with ``inference_component``, that
+    component by default (the request template switches it to the adapter's component)."""
+    params = {f"integration.request.header.{name}": f"method.request.header.{name}" for name in FORWARDED}
+    return {**params, **component_parameter(inference_component)}
 
 
 def _param(var: str, name: str) -> str:
@@ -44,3 +58,18 @@ INVOKE_REQUEST_TEMPLATE = (
     "#end\n"
     "$input.body"
 )
+
+# Inference components: the adapter header picks the adapter's component; without it the static mapping
+# (integration_request_parameters) sends the base component's name.
+COMPONENT_REQUEST_TEMPLATE = (
+    _param("adapter", ADAPTER)
+    + "#if($adapter != \"\")\n"
+    f"#set($context.requestOverride.header.{INFERENCE_COMPONENT} = $adapter)\n"
+    "#end\n"
+    "$input.body"
+)
+
+
+def invoke_request_template(inference_component: str | None) -> str:
+    """The invoke routes' request template in this endpoint mode."""
+    return INVOKE_REQUEST_TEMPLATE if inference_component is None else COMPONENT_REQUEST_TEMPLATE

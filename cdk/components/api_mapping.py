@@ -10,6 +10,8 @@ HTTP status:
 |                                              | 429/500/503; 507 CUDA OOM -> 503; other -> 500)    |
 |                                              | and its JSON error body (``OriginalMessage``)      |
 | 400 throttling (empty or "Throttl" message)  | 429 ``throttled``                                  |
+| 400 "no capacity" (an inference component at | 503 ``no_capacity`` (scaling up from zero: retry)  |
+|   zero copies; message mentions "capacity")  |                                                    |
 | 400 other ``ValidationError``                | 400 ``invalid_request``                            |
 | 429 ``ModelNotReadyException``               | 429 ``model_not_ready``                            |
 | 503 ``ServiceUnavailable``                   | 503 ``service_unavailable``                        |
@@ -93,6 +95,11 @@ _RUNTIME_400 = (
     "#if($message == \"\" || $message.contains(\"hrottl\"))\n"
     "#set($context.responseOverride.status = 429)\n"
     + error_json(429, "throttled", "the endpoint is at capacity; retry with backoff")
+    # An inference component with no copy (scaled to zero) is refused with a "no capacity" ValidationError
+    # until a copy is up; that is a temporary outage, not a bad request.
+    + "\n#elseif($message.contains(\"apacity\"))\n"
+    "#set($context.responseOverride.status = 503)\n"
+    + error_json(503, "no_capacity", "the model is scaling up from zero; retry in a few minutes")
     + "\n#else\n"
     + error_json(400, "invalid_request", "the model runtime rejected the request (size or format)")
     + "\n#end"

@@ -6,10 +6,16 @@ Treat-missing-data, on purpose:
 - instance metrics (CPU, memory, GPU memory, disk) are published every minute while instances run; a gap
   means the endpoint is being replaced or is gone, which the deployment and the 5XX alarm already cover:
   ``IGNORE`` keeps the last state instead of flapping during blue/green swaps.
+
+Dimensions by endpoint mode: invocation metrics are the variant's (``EndpointName``, ``VariantName``), or
+with inference components the base component's (``InferenceComponentName``); instance metrics stay the
+variant's. Serverless endpoints have no GPU and no instance type to size the CPU threshold by: no GPU or
+CPU alarm there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aws_cdk import Duration, Stack
@@ -82,7 +88,10 @@ def _rate(errors: cw.IMetric, total: cw.IMetric, label: str, name: str) -> cw.Ma
 
 
 class EndpointAlarms(Construct):
-    """Alarms on the endpoint's invocation and instance metrics; ``rollback_alarms`` guard deployments."""
+    """Alarms on the endpoint's invocation and instance metrics; ``rollback_alarms`` guard deployments.
+
+    ``instance_type`` None (serverless): no GPU or CPU alarm.
+    """
 
     def __init__(
         self,
@@ -90,20 +99,24 @@ class EndpointAlarms(Construct):
         construct_id: str,
         *,
         settings: AlarmSettings,
-        endpoint_name: str,
-        variant_name: str,
-        instance_type: str,
+        subject: str,
+        invocation_dims: Mapping[str, str],
+        instance_dims: Mapping[str, str],
+        instance_type: str | None,
         topic: sns.ITopic,
     ) -> None:
         super().__init__(scope, construct_id)
-        dims = {"EndpointName": endpoint_name, "VariantName": variant_name}
+        dims, instance = dict(invocation_dims), dict(instance_dims)
         invocations = _metric(SAGEMAKER, "Invocations", dims, "Sum")
         self.metrics: dict[str, cw.IMetric] = {
             "invocations": invocations,
             "model_latency": _metric(SAGEMAKER, "ModelLatency", dims, "p90"),
             "overhead_latency": _metric(SAGEMAKER, "OverheadLatency", dims, "p90"),
-            "gpu_utilization": _metric(INSTANCE_NS, "GPUUtilization", dims, "Average"),
         }
+        if instance_type is not None:
+            self.metrics["gpu_utilization"] = _metric(INSTANCE_NS, "GPUUtilization", instance, "Average")
+        gpus = instance_gpus(instance_type) if instance_type is not None else 0
+        vcpus = instance_vcpus(instance_type) if instance_type is not None else 0
         specs = [
             _Spec("error_5xx_rate", f"Invocation 5XX errors above {settings.error_5xx_rate_pct}% of requests",
                   _rate(_metric(SAGEMAKER, "Invocation5XXErrors", dims, "Sum"), invocations, "5XX %", "ep5xx"),
@@ -121,17 +134,17 @@ class EndpointAlarms(Construct):
                   NOT_BREACHING),
             # Instance metrics are summed over devices: per-GPU / per-vCPU thresholds times the count.
             _Spec("gpu_memory", f"GPU memory above {settings.gpu_memory_pct}% per GPU",
-                  _metric(INSTANCE_NS, "GPUMemoryUtilization", dims, "Maximum"),
-                  settings.gpu_memory_pct * instance_gpus(instance_type), IGNORE),
-            _Spec("disk", f"Disk above {settings.disk_pct}%", _metric(INSTANCE_NS, "DiskUtilization", dims, "Maximum"),
-                  settings.disk_pct, IGNORE),
+                  _metric(INSTANCE_NS, "GPUMemoryUtilization", instance, "Maximum"),
+                  settings.gpu_memory_pct * gpus, IGNORE) if gpus else None,
+            _Spec("disk", f"Disk above {settings.disk_pct}%",
+                  _metric(INSTANCE_NS, "DiskUtilization", instance, "Maximum"), settings.disk_pct, IGNORE),
             _Spec("cpu", f"CPU above {settings.cpu_pct}% of all vCPUs",
-                  _metric(INSTANCE_NS, "CPUUtilization", dims, "Average"),
-                  settings.cpu_pct * instance_vcpus(instance_type), IGNORE),
+                  _metric(INSTANCE_NS, "CPUUtilization", instance, "Average"),
+                  settings.cpu_pct * vcpus, IGNORE) if vcpus else None,
             _Spec("memory", f"Memory above {settings.memory_pct}%",
-                  _metric(INSTANCE_NS, "MemoryUtilization", dims, "Average"), settings.memory_pct, IGNORE),
+                  _metric(INSTANCE_NS, "MemoryUtilization", instance, "Average"), settings.memory_pct, IGNORE),
         ]
-        self.alarms = {spec.key: _alarm(self, spec, topic, endpoint_name) for spec in specs}
+        self.alarms = {spec.key: _alarm(self, spec, topic, subject) for spec in specs if spec is not None}
         self.rollback_alarms = [self.alarms[k] for k in ("error_5xx_rate", "model_latency_p90")]
 
 
@@ -195,9 +208,12 @@ class OperationsDashboard(Construct):
             graph("Endpoint error rates (%)", ea["error_5xx_rate"].metric, ea["error_4xx_rate"].metric),
             graph("Latency p90 (us)", endpoint.metrics["model_latency"], endpoint.metrics["overhead_latency"]),
         )
+        host = [ea[key].metric for key in ("cpu", "memory", "disk") if key in ea]
         self.dashboard.add_widgets(
-            graph("GPU", endpoint.metrics["gpu_utilization"], ea["gpu_memory"].metric),
-            graph("CPU / memory / disk", ea["cpu"].metric, ea["memory"].metric, ea["disk"].metric),
+            # Serverless endpoints have no GPU (and no GPU metrics).
+            *([graph("GPU", endpoint.metrics["gpu_utilization"], ea["gpu_memory"].metric)] if "gpu_memory" in ea
+              else []),
+            graph("CPU / memory / disk" if "cpu" in ea else "Memory / disk", *host),
             graph("Model setup time (us)", ea["model_setup_time"].metric),
         )
         self.dashboard.add_widgets(

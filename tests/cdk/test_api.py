@@ -148,6 +148,16 @@ def test_throttling_becomes_429() -> None:
     assert '"type": "throttled"' in template
 
 
+def test_no_capacity_becomes_503_not_a_bad_request() -> None:
+    # An inference component scaled to zero answers "no capacity" until a copy is up: a temporary outage.
+    template = api_mapping.RESPONSE_TEMPLATES["runtime_400"]
+    branches = template.split("#elseif")
+    assert len(branches) == 2 and branches[1].startswith('($message.contains("apacity"))')
+    assert "#set($context.responseOverride.status = 503)" in branches[1].split("#else")[0]
+    assert '"type": "no_capacity"' in branches[1].split("#else")[0]
+    assert '"type": "invalid_request"' in branches[1].split("#else")[1]
+
+
 def test_gateway_errors_share_the_error_shape(default_template: Template) -> None:
     found = {r["Properties"]["ResponseType"]: r["Properties"]
              for r in resources(default_template, "AWS::ApiGateway::GatewayResponse").values()}

@@ -11,6 +11,7 @@ import pytest
 from aws_cdk.assertions import Template
 
 from tests.cdk.conftest import synth
+from tests.cdk.test_nag import MODES
 
 cfnlint_api = pytest.importorskip("cfnlint.api")
 
@@ -36,8 +37,22 @@ def test_every_option_template_is_clean(tmp_path: Path) -> None:
     assert [str(m) for m in matches] == []
 
 
+@pytest.mark.parametrize("mode", [name for name in MODES if name not in ("defaults", "every-option")])
+def test_every_endpoint_mode_template_is_clean(mode: str, tmp_path: Path) -> None:
+    matches = _lint(synth(MODES[mode]).to_json(), tmp_path)
+    assert [str(m) for m in matches] == []
+
+
 def test_lint_catches_a_broken_template(default_template: Template, tmp_path: Path) -> None:
     broken = json.loads(json.dumps(default_template.to_json()))
     config = next(r for r in broken["Resources"].values() if r["Type"] == "AWS::SageMaker::EndpointConfig")
     config["Properties"]["ProductionVariants"][0]["InferenceAmiVersion"] = "al2023-made-up"
+    assert _lint(broken, tmp_path)
+
+
+def test_lint_checks_the_inference_components(tmp_path: Path) -> None:
+    broken = json.loads(json.dumps(synth(MODES["inference-components"]).to_json()))
+    adapter = next(r for r in broken["Resources"].values() if r["Type"] == "AWS::SageMaker::InferenceComponent"
+                   and "BaseInferenceComponentName" in r["Properties"]["Specification"])
+    adapter["Properties"]["Specification"]["Container"]["ArtifactUrl"] = "ftp://nowhere/sql.tar.gz"
     assert _lint(broken, tmp_path)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from cdk.components.images import AMI_FOR_CUDA_MAJOR, PINNED_VERSION, load_table, table_from_config
+from cdk.components.images import (
+    AMI_FOR_CUDA_MAJOR,
+    HF_CPU_TABLE_PATH,
+    PINNED_VERSION,
+    hf_cpu_table_from_config,
+    load_table,
+    table_from_config,
+)
 from scripts.gen_image_table import bundled_config_path
 
 
@@ -46,3 +53,25 @@ def test_ami_values_are_in_the_cloudformation_enum() -> None:
     resource = json.loads(resource_file.read_text(encoding="utf-8"))
     allowed = resource["definitions"]["ProductionVariant"]["properties"]["InferenceAmiVersion"]["enum"]
     assert set(AMI_FOR_CUDA_MAJOR.values()) <= set(allowed)
+
+
+def test_hf_cpu_table_matches_bundled_sagemaker_config() -> None:
+    path = bundled_config_path()
+    if path is None:
+        pytest.skip("sagemaker-core is not installed (pip install --no-deps sagemaker-core); the check needs "
+                    "its bundled image_uri_config/huggingface.json")
+    expected = hf_cpu_table_from_config(json.loads(path.with_name("huggingface.json").read_text(encoding="utf-8")))
+    table = load_table(HF_CPU_TABLE_PATH)
+    assert (table.framework, table.repository, table.tag) == (expected["framework"], expected["repository"],
+                                                              expected["tag"])
+    assert table.registries == expected["registries"]
+
+
+def test_hf_cpu_tag_is_pinned_in_full_and_needs_no_gpu_ami() -> None:
+    table = load_table(HF_CPU_TABLE_PATH)
+    # image_uris.retrieve's rule: <torch>-transformers<version>-cpu-<py>-<container version>
+    assert table.tag == "2.6.0-transformers5.5.3-cpu-py312-ubuntu22.04"
+    assert table.uri("us-west-2") == (
+        "763104351884.dkr.ecr.us-west-2.amazonaws.com/huggingface-pytorch-inference:"
+        "2.6.0-transformers5.5.3-cpu-py312-ubuntu22.04")
+    assert table.inference_ami_version is None

@@ -16,13 +16,24 @@ def _report(outdir: Path) -> list[dict]:
     return report["pluginReports"]
 
 
-@pytest.mark.parametrize(
-    "context",
-    [{}, {"api_auth": "api_keys", "base_model": "s3://bases/llama/", "data_capture_percent": 5,
-          "vpc_subnet_ids": ["subnet-0123456789abcdef1"], "vpc_security_group_ids": ["sg-0123456789abcdef0"],
-          "kms_key_arn": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab", "model_data": "s3://m/run/model.tar.gz"}],
-    ids=["defaults", "every-option"],
-)
+KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+VPC = {"vpc_subnet_ids": ["subnet-0123456789abcdef1"], "vpc_security_group_ids": ["sg-0123456789abcdef0"]}
+ADAPTERS = [{"name": "sql", "artifact_url": "s3://adapters/sql/v1.tar.gz"}]
+# One context per endpoint mode and option set; test_cfn_lint.py lints the same templates.
+MODES = {
+    "defaults": {},
+    "every-option": {"api_auth": "api_keys", "base_model": "s3://bases/llama/", "data_capture_percent": 5, **VPC,
+                     "kms_key_arn": KEY_ARN, "model_data": "s3://m/run/model.tar.gz"},
+    "inference-components": {"endpoint_mode": "inference_components", "adapter_components": ADAPTERS},
+    "scale-to-zero": {"endpoint_mode": "inference_components", "scale_to_zero": True, "adapter_components": ADAPTERS,
+                      "api_auth": "api_keys", "base_model": "s3://bases/llama/", **VPC, "kms_key_arn": KEY_ARN,
+                      "scaling_metric": "invocations"},
+    "serverless": {"endpoint_mode": "serverless", "model_size_mb": 900, "serverless_provisioned_concurrency": 1,
+                   "kms_key_arn": KEY_ARN, "model_data": "s3://m/run/model.tar.gz"},
+}
+
+
+@pytest.mark.parametrize("context", list(MODES.values()), ids=list(MODES))
 def test_no_unacknowledged_findings(tmp_path: Path, context: dict) -> None:
     app, _ = make_stack(context, nag=True, outdir=str(tmp_path))
     app.synth()  # raises on any error-level finding
