@@ -139,16 +139,24 @@ class BatchedLora:
     @property
     def reason(self) -> str | None:
         """Why this path cannot serve the adapters now, or None."""
+        reason = self.layout_reason
+        if reason is not None:
+            return reason
+        # A NaN factor would reach every row of the layer (0 * NaN in the shared product); peft's path keeps
+        # it to the rows of its adapter. Loading refuses such weights: this is for in-place writes.
+        broken = next((s.broken for s in self._fresh_stacks() if s.broken), None)
+        return f"adapter {broken!r} has non-finite LoRA weights" if broken else None
+
+    @property
+    def layout_reason(self) -> str | None:
+        """``reason`` without looking at the factors' values (so without stacking them first)."""
         if self._reason is not None:
             return self._reason
         if getattr(self._model, "training", False):
             return "the model is in training mode (this path applies no dropout)"
         if any(layer.merged for layer in self._layers):
             return "an adapter is merged into the base weights"
-        # A NaN factor would reach every row of the layer (0 * NaN in the shared product); peft's path keeps
-        # it to the rows of its adapter. Loading refuses such weights: this is for in-place writes.
-        broken = next((s.broken for s in self._fresh_stacks() if s.broken), None)
-        return f"adapter {broken!r} has non-finite LoRA weights" if broken else None
+        return None
 
     @property
     def supported(self) -> bool:
@@ -178,14 +186,21 @@ class BatchedLora:
                     layer.forward = own
 
 
-    def stack_steps(self) -> Iterator[None]:
+    def stack_steps(self, warm: Sequence[Sequence[str]] = ()) -> Iterator[None]:
         """Stack the factors one layer per step (the caller spreads the steps over engine iterations, so
-        that no iteration waits for all of them); the stacks are in place once the iterator is exhausted."""
+        that no iteration waits for all of them); the stacks are in place once the iterator is exhausted.
+        ``warm``: adapter sets whose sub-stacks are made too (the set the running batch uses), so that the
+        first batch after the switch does not make them all at once."""
         if self._stacks is not None and not any(stack.stale() for stack in self._stacks):
             return
         stacks: list[_Stack] = []
         for layer in self._layers:
-            stacks.extend(_build_stacks([layer], self._names))
+            for stack in _build_stacks([layer], self._names):
+                stacks.append(stack)
+                for subset in warm:
+                    here = tuple(n for n in stack.names if n in subset)
+                    if here and here != stack.names:
+                        stack.factors(here)
             yield
         self._stacks = stacks
 
@@ -364,8 +379,8 @@ def for_model(peft_model: Any, names: Sequence[str]) -> BatchedLora:
         cache[key] = (identity, batched)
         while len(cache) > _KEPT:
             del cache[next(iter(cache))]  # the oldest
-    if not batched.supported:
-        log.info("mixed-adapter batches use peft's adapter_names: %s", batched.reason)
+    if batched.layout_reason is not None:  # not ``reason``: that would stack the factors here and now
+        log.info("mixed-adapter batches use peft's adapter_names: %s", batched.layout_reason)
     return batched
 
 

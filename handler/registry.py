@@ -454,8 +454,8 @@ class AdapterRegistry:
                 # slow the engine's steps, see loading.load_model); the switch between two more.
                 self._on_model(add)
                 batched = on_own_thread(lambda: lora_batch.for_model(lm.model, target), name="lora-attach")
-                if batched.supported:
-                    steps = batched.stack_steps()
+                if batched.layout_reason is None:
+                    steps = batched.stack_steps(warm=[lm.resident])
                     while not self._on_model(lambda: _advance(steps, STACK_BUDGET_S)):
                         pass
                 self._on_model(publish)

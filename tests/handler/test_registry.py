@@ -331,6 +331,11 @@ def test_an_s3_src_is_downloaded_once_and_removed_with_the_adapter(
             lm.registry.register("ad5", "s3://adapters/team/ad5/")
         lm.registry.unregister("ad4")
         assert not any((tmp_path / "cache").iterdir())
+        # just in time from an S3 prefix: first use downloads it; a missing name is a 404
+        jit = _base_only(tiny_model_dir, tmp_path / "jit", adapter_jit_prefix="s3://adapters/team/")
+        assert _answer(jit, "ad4") == expected["ad4"] and jit.registry.describe("ad4")["origin"] == "jit"
+        with pytest.raises(UnknownAdapter, match="not under the just-in-time prefix"):
+            _answer(jit, "ad9")
 
 
 def _keyed(lm: LoadedModel, name: str) -> list[dict[str, Any]]:
