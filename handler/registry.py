@@ -210,7 +210,9 @@ class AdapterRegistry:
         packaged = info is not None
         folder, owned = self._fetch(name, src) if info is None else (info.path, None)
         try:
-            info = self._validate(name, folder, packaged=packaged)
+            # torch work (the weights scan) on a thread that ends with it: torch's thread pool belongs to the
+            # thread that first computes and lives as long as it (see loading.load_model)
+            info = on_own_thread(lambda: self._validate(name, folder, packaged=packaged), name="lora-check")
             tokenizer = self._own_tokenizer(info)
             entry = Entry(info=info, src=src, alias=alias, origin=origin, preload=preload, owned=owned,
                           tokenizer=tokenizer, used_at=time.monotonic())
@@ -525,7 +527,7 @@ class AdapterRegistry:
     def _read_host(self, entry: Entry) -> None:
         with entry.loading:
             if entry.host is None:
-                entry.host = attach.host_copy(entry.info, self.lm.dtype)
+                entry.host = on_own_thread(lambda: attach.host_copy(entry.info, self.lm.dtype), name="lora-read")
                 self.stats.host_loads += 1
         self._trim_host()
 

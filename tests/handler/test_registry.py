@@ -407,3 +407,26 @@ def test_the_fast_attach_leaves_what_peft_leaves_and_serves_the_same_tokens(
     # AND unregistering it leaves nothing of it in the layers
     fast.registry.unregister("ad1")
     assert not any("ad1" in getattr(m, "lora_A", {}) for m in fast.model.modules())
+
+
+def test_registering_computes_with_torch_only_on_threads_that_end(
+    tiny_model_dir: Path, pool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # torch's thread pool lives as long as the thread that made it: a pool left on a server's worker
+    # thread would slow every engine step after it (handler/loading.py)
+    import handler.registry as registry_module
+    from handler import attach
+
+    seen: list[str] = []
+    for module, name in ((registry_module, "check_adapter_weights"), (attach, "host_copy")):
+        real = getattr(module, name)
+
+        def spy(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            seen.append(threading.current_thread().name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    lm = _base_only(tiny_model_dir, tmp_path)
+    lm.registry.register("ad0", str(pool / "ad0"))
+    assert sorted(seen) == ["lora-check", "lora-read"]
+    assert not {"lora-check", "lora-read"} & {t.name for t in threading.enumerate()}
