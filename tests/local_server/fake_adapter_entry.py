@@ -19,6 +19,14 @@ from handler import djl_async, djl_sync
 from handler.adapters import ADAPTER_CONFIG, ADAPTER_NAME_RE
 from handler.errors import HandlerError, InvalidRequest, UnknownAdapter
 
+MODEL_PY = {
+    "async": "from tests.local_server.fake_adapter_entry import (handle, register_adapter, unregister_adapter,\n"
+             "                                                   update_adapter)\n",
+    "sync": "from tests.local_server.fake_adapter_entry import handle_sync as handle\n"
+            "from tests.local_server.fake_adapter_entry import register_adapter_sync as register_adapter\n"
+            "from tests.local_server.fake_adapter_entry import unregister_adapter_sync as unregister_adapter\n"
+            "from tests.local_server.fake_adapter_entry import update_adapter_sync as update_adapter\n",
+}
 BASE = "fake-base"
 PACKAGED = "packaged"
 CALLS: list[dict[str, Any]] = []
@@ -28,6 +36,18 @@ ADAPTERS: dict[str, dict[str, Any]] = {}
 class AdapterConflict(HandlerError):
     status = 409
     code = "adapter_conflict"
+
+
+def write_package(pkg: Path, mode: str) -> Path:
+    """A package dir served by this module in DJL's ``mode`` (load it with ``allow_no_manifest``), with one
+    adapter of its own, ``adapters/packaged/``."""
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "model.py").write_text(MODEL_PY[mode])
+    async_mode = "true" if mode == "async" else "false"
+    (pkg / "serving.properties").write_text(f"engine=Python\noption.async_mode={async_mode}\n")
+    (pkg / "adapters" / PACKAGED).mkdir(parents=True)
+    (pkg / "adapters" / PACKAGED / ADAPTER_CONFIG).write_text("{}")
+    return pkg
 
 
 def _record(inputs: Any) -> dict[str, Any]:

@@ -22,24 +22,11 @@ from . import fake_adapter_entry as fake
 from .conftest import Running, fake_served, start
 
 ALIAS = "X-Amzn-SageMaker-Adapter-Alias"
-MODEL_PY = {
-    "async": "from tests.local_server.fake_adapter_entry import (handle, register_adapter, unregister_adapter,\n"
-             "                                                   update_adapter)\n",
-    "sync": "from tests.local_server.fake_adapter_entry import handle_sync as handle\n"
-            "from tests.local_server.fake_adapter_entry import register_adapter_sync as register_adapter\n"
-            "from tests.local_server.fake_adapter_entry import unregister_adapter_sync as unregister_adapter\n"
-            "from tests.local_server.fake_adapter_entry import update_adapter_sync as update_adapter\n",
-}
 
 
 @pytest.fixture(scope="module", params=["async", "sync"])
 def adapter_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    pkg = tmp_path_factory.mktemp(f"fake-{request.param}")
-    (pkg / "model.py").write_text(MODEL_PY[request.param])
-    (pkg / "adapters" / fake.PACKAGED).mkdir(parents=True)  # the package's own adapter
-    (pkg / "adapters" / fake.PACKAGED / "adapter_config.json").write_text("{}")
-    (pkg / "serving.properties").write_text(
-        f"engine=Python\noption.async_mode={'true' if request.param == 'async' else 'false'}\n")
+    pkg = fake.write_package(tmp_path_factory.mktemp("fake") / request.param, request.param)
     spec = resolve(pkg, allow_no_manifest=True)
     running = start(create_app(ServedModel.from_spec(spec), endpoint_name="lora-local"))
     try:
