@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from handler.adapters import ADAPTER_NAME_RE
 from handler.errors import error_body
 
 from .djl_io import JSON, Answer
@@ -109,6 +110,8 @@ class AdapterRegistry:
 
     def _packaged(self, name: str) -> Registration | None:
         """An adapter of the package itself (``adapters/<name>/``): DJL registered it at start with that src."""
+        if not ADAPTER_NAME_RE.match(name):  # e.g. "..": no folder of the package is meant
+            return None
         folder = Path(self.served.model_dir) / "adapters" / name
         return Registration(name=name, src=str(folder), alias=name) if folder.is_dir() else None
 

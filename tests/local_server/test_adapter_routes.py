@@ -176,8 +176,9 @@ def test_update_resends_src_and_lays_new_options_over_the_old(server: Running, a
     packaged = httpx.post(server.url + "/adapters/packaged/update", params={"pin": "true"}, timeout=30)
     assert packaged.status_code == 200, packaged.text
     assert calls("update_adapter")[-1]["properties"]["src"].endswith("adapters/packaged")
-    unknown = httpx.post(server.url + "/adapters/nobody/update", json={"pin": True}, timeout=30)
-    assert unknown.status_code == 404 and unknown.json()["type"] == "unknown_adapter"
+    for name in ("nobody", "%2E%2E"):  # "..": no folder of the package, though adapters/.. exists
+        unknown = httpx.post(f"{server.url}/adapters/{name}/update", json={"pin": True}, timeout=30)
+        assert unknown.status_code == 404 and unknown.json()["type"] == "unknown_adapter"
     assert len(calls("update_adapter")) == 2
 
 
