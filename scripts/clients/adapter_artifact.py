@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handler.adapter_weights import check_adapter_weights
-from handler.adapters import AdapterError, AdapterInfo, check_unmerged, read_adapter
+from handler import adapter_checks
+from handler.adapter_weights import check_adapter_weights, tensor_shapes
+from handler.adapters import SAFETENSORS_WEIGHTS, AdapterError, AdapterInfo, check_unmerged, read_adapter
 from model_package.archive import write_tar_gz
 from model_package.base import is_pickle, list_files, read_base_model
 from model_package.config import PackageError, parse_s3_uri
 from model_package.layout import Entry
 from model_package.progress import progress_bar
 from model_package.upload import key_prefix, transfer_config, upload_file
-from model_package.validate import check_target_modules
 
 ADAPTER_ARCHIVE = "adapter.tar.gz"
 
@@ -41,17 +41,21 @@ class PackedAdapter:
 
 def check_adapter(name: str, folder: Path, *, base_model: Path | None = None,
                   max_lora_rank: int | None = None) -> AdapterInfo:
-    """The handler's checks on ``folder`` (and, with ``base_model``, its module names and shapes)."""
+    """The handler's checks on ``folder``; with ``base_model`` also what it must agree on with that base
+    (name, target modules, shapes, vocabulary), as ``model_package build`` and the endpoint check it."""
     try:
         info = read_adapter(name, folder)
         check_unmerged(info)
-        if max_lora_rank is not None and info.max_rank > max_lora_rank:
-            raise ArtifactError(f"adapter {name!r}: rank {info.max_rank} is above --max-lora-rank {max_lora_rank}")
+        if max_lora_rank is not None:
+            adapter_checks.check_rank(info, max_lora_rank, flag="--max-lora-rank")
         base = read_base_model(base_model) if base_model is not None else None
         if base is not None:
-            check_target_modules(info, info.path, base)
+            adapter_checks.check_base_name(info, base.name_hints, base_path=base.path,
+                                           served=f"--base-model {str(base_model)!r}")
+            adapter_checks.check_target_modules(info, base.module_names)
+            adapter_checks.check_vocab(info, tensor_shapes(info.path / SAFETENSORS_WEIGHTS), base.vocab_size)
         check_adapter_weights(info, base.module_shapes if base is not None else None)
-    except (AdapterError, PackageError) as err:
+    except (AdapterError, PackageError, ValueError) as err:  # ValueError: an unreadable safetensors header
         raise ArtifactError(str(err)) from None
     return info
 

@@ -11,8 +11,9 @@
 
 Each call goes to the entry module's ``register_adapter`` / ``update_adapter`` / ``unregister_adapter``
 (``adapter_registry``). Success answers 200 ``{"status": "Adapter <alias> registered"}`` as DJL's
-management API does (the standard's message) plus ``adapter``, the handler's description of it when it
-gives one; a refusal answers the handler's status with its error in the project's JSON error body.
+management API does (the standard's message; the handler's own ``message`` when it gives one) plus
+``adapter``, the handler's description of it; a refusal answers the handler's status with its error in
+the project's JSON error body.
 """
 
 from __future__ import annotations
@@ -124,16 +125,18 @@ def _error(status: int, error_type: str, message: str) -> JSONResponse:
 
 
 def _done(answer: Answer, message: str) -> Response:
-    """The handler's answer as the route's: DJL's status message and the handler's description, or its error."""
+    """The handler's answer as the route's: DJL's status message and the handler's description of the
+    adapter (its ``{"message", "adapter"}``; ``message`` the default), or its error."""
     if answer.status >= 300:
         return error_response(answer.status, answer.body)
-    body: dict[str, Any] = {"status": message}
     try:
-        described = json.loads(answer.body) if answer.body.strip() else None
+        said = json.loads(answer.body) if answer.body.strip() else None
     except (ValueError, UnicodeDecodeError):
-        described = None
-    if isinstance(described, dict):
-        body["adapter"] = described
+        said = None
+    said = said if isinstance(said, dict) else {}
+    body: dict[str, Any] = {"status": said["message"] if isinstance(said.get("message"), str) else message}
+    if isinstance(said.get("adapter"), dict):
+        body["adapter"] = said["adapter"]
     return JSONResponse(body)
 
 
@@ -156,8 +159,8 @@ def router(state: EndpointState, adapters: AdapterRegistry) -> APIRouter:
         except HandlerError as err:
             return JSONResponse(err.body(), status_code=err.status)
         if registration.name == adapters.base_component:
-            return _error(409, "conflict", f"{shown(registration.name)} is the base model's inference component; "
-                                           "give the adapter another name")
+            return _error(409, "adapter_conflict", f"{shown(registration.name)} is the base model's inference "
+                                                   "component; give the adapter another name")
         refused = unavailable()
         if refused is not None:
             return refused

@@ -17,7 +17,7 @@ from typing import Any
 
 from handler import djl_async, djl_sync
 from handler.adapters import ADAPTER_CONFIG, ADAPTER_NAME_RE
-from handler.errors import HandlerError, InvalidRequest, UnknownAdapter
+from handler.errors import AdapterConflict, AdapterRejected, HandlerError, UnknownAdapter
 
 MODEL_PY = {
     "async": "from tests.local_server.fake_adapter_entry import (handle, register_adapter, unregister_adapter,\n"
@@ -31,11 +31,6 @@ BASE = "fake-base"
 PACKAGED = "packaged"
 CALLS: list[dict[str, Any]] = []
 ADAPTERS: dict[str, dict[str, Any]] = {}
-
-
-class AdapterConflict(HandlerError):
-    status = 409
-    code = "adapter_conflict"
 
 
 def write_package(pkg: Path, mode: str) -> Path:
@@ -72,23 +67,25 @@ def _register(inputs: Any, *, update: bool) -> dict[str, Any]:
     props, options = call["properties"], call["content"]
     name, src = props.get("name", ""), props.get("src", "")
     if not ADAPTER_NAME_RE.match(name):
-        raise InvalidRequest(f"adapter name {name!r} is not a safe identifier", param="name")
+        raise AdapterRejected(f"adapter name {name!r} is not a safe identifier", param="name")
     if update and name not in ADAPTERS:
         raise UnknownAdapter(f"adapter {name!r} is not registered")
     if not src.startswith("s3://") and not (Path(src) / ADAPTER_CONFIG).is_file():
-        raise InvalidRequest(f"adapter {name!r}: src is not an adapter folder (no {ADAPTER_CONFIG})", param="src")
+        raise AdapterRejected(f"adapter {name!r}: src is not an adapter folder (no {ADAPTER_CONFIG})", param="src")
     known = ADAPTERS.get(name)
     if not update and known is not None and known["src"] != src:
         raise AdapterConflict(f"adapter {name!r} is registered with another src; unregister it first")
     ADAPTERS[name] = {"src": src, "alias": props.get("alias"), **options}
-    return _described(name)
+    return {"message": f"Adapter {props.get('alias')} {'updated' if update else 'registered'}",
+            "adapter": _described(name)}
 
 
 def _unregister(inputs: Any) -> dict[str, Any]:
-    name = _record(inputs)["properties"].get("name", "")
+    props = _record(inputs)["properties"]
+    name = props.get("name", "")
     if ADAPTERS.pop(name, None) is None:
         raise UnknownAdapter(f"adapter {name!r} is not registered")
-    return {"name": name, "unregistered": True}
+    return {"message": f"Adapter {props.get('alias')} unregistered", "adapter": {"name": name}}
 
 
 def _answer(inputs: Any) -> dict[str, Any]:

@@ -133,9 +133,9 @@ def test_handler_refusals_reach_the_caller_with_its_status_and_type(server: Runn
                                                                     tmp_path: Path) -> None:
     bad_src = register(server, {"name": "support", "src": str(tmp_path / "missing")})
     assert bad_src.status_code == 400
-    assert bad_src.json()["type"] == "invalid_request" and "not an adapter folder" in bad_src.json()["message"]
+    assert bad_src.json()["type"] == "invalid_adapter" and "not an adapter folder" in bad_src.json()["message"]
     bad_name = register(server, {"name": "../etc", "src": str(adapter_dir)})
-    assert bad_name.status_code == 400 and bad_name.json()["error"]["type"] == "invalid_request"
+    assert bad_name.status_code == 400 and bad_name.json()["error"]["type"] == "invalid_adapter"
     # GIVEN a registered adapter
     assert register(server, {"name": "support", "src": str(adapter_dir)}).status_code == 200
     # WHEN the name comes again with another src THEN the handler's 409 comes back, and the first stays
@@ -149,7 +149,7 @@ def test_handler_refusals_reach_the_caller_with_its_status_and_type(server: Runn
 
 def test_the_base_component_s_name_cannot_be_an_adapter(server: Running, adapter_dir: Path) -> None:
     response = register(server, {"name": "lora-local-base", "src": str(adapter_dir)})
-    assert response.status_code == 409 and response.json()["type"] == "conflict"
+    assert response.status_code == 409 and response.json()["type"] == "adapter_conflict"
     assert calls("register_adapter") == []
 
 

@@ -20,7 +20,7 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from scripts.adapters import Aws, main
-from scripts.clients.adapter_artifact import check_adapter, pack_adapter
+from scripts.clients.adapter_artifact import ArtifactError, check_adapter, pack_adapter
 from scripts.local_server.app import create_app
 from scripts.local_server.package import ServedModel, resolve
 from tests.local_server import fake_adapter_entry as fake
@@ -226,11 +226,22 @@ def test_a_broken_adapter_folder_is_exit_2_before_any_call(sm: Sagemaker, alpha:
     assert sm.sent == []
 
 
-def test_max_lora_rank_and_base_model_checks(sm: Sagemaker, alpha: Path, tiny_model_dir: Path,
+def _renamed_base(base: Path, tmp_path: Path) -> Path:
+    """The same base under another name (folder and ``_name_or_path``)."""
+    other = tmp_path / "other-model"
+    shutil.copytree(base, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "_name_or_path": "other-model"}))
+    return other
+
+
+def test_max_lora_rank_and_base_model_checks(sm: Sagemaker, alpha: Path, tiny_model_dir: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     code = run(["add", "support", str(alpha), "--endpoint-name", ENDPOINT, "--upload", f"s3://{BUCKET}/a",
                 "--max-lora-rank", "1"], sm)
     assert code == 2 and "above --max-lora-rank 1" in capsys.readouterr().err
+    with pytest.raises(ArtifactError, match="base_model_name_or_path"):  # declared for another base
+        check_adapter("support", alpha, base_model=_renamed_base(tiny_model_dir / "base", tmp_path))
     # the tiny base's module shapes agree with the adapter: nothing is refused
     assert check_adapter("support", alpha, base_model=tiny_model_dir / "base").name == "support"
 
@@ -370,7 +381,7 @@ def test_local_add_list_remove(local_server: Running, tmp_path: Path, capsys: py
 def test_local_refusal_and_unreachable_endpoint(local_server: Running, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["add", "support", str(tmp_path / "missing"), "--local", local_server.url]) == 1
-    assert "400: invalid_request" in capsys.readouterr().err
+    assert "400: invalid_adapter" in capsys.readouterr().err
     assert main(["list", "--local", "http://127.0.0.1:9"]) == 1
     assert "cannot reach" in capsys.readouterr().err
     assert main(["list", "--local", "ftp://x"]) == 2
