@@ -10,7 +10,8 @@ with ``manifest.json`` is checked against it before any of its code runs; code w
 unless ``--allow-no-manifest``. Routes: the container contract
 (``GET /ping``, ``POST /invocations``), the SageMaker runtime API (boto3 with
 ``endpoint_url=http://127.0.0.1:PORT``), the API Gateway routes (``/predict``, ``/rag``,
-``/v1/chat/completions``, ``/health``, ``/model/info``) and ``/docs``.
+``/v1/chat/completions``, ``/health``, ``/model/info``), the adapter routes (``POST /adapters``,
+``DELETE /adapters/{name}``, ``GET /v1/models``) and ``/docs``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if __package__ in (None, ""):  # run as a file: the repository's packages come f
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model_package.limits import MAX_BYTES_HELP, MAX_MEMBERS_HELP, Limits, count_arg, size_arg
-from scripts.local_server import DEFAULT_ENDPOINT_NAME
+from scripts.local_server import DEFAULT_ENDPOINT_NAME, component_name_problem
 from scripts.local_server.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080, the container's)")
     parser.add_argument("--endpoint-name", default=DEFAULT_ENDPOINT_NAME,
                         help=f"name the runtime API answers to (default: {DEFAULT_ENDPOINT_NAME})")
+    parser.add_argument("--base-component", default=None, metavar="NAME",
+                        help="inference component name of the base model on the runtime API (InferenceComponentName); "
+                             "an adapter's name selects that adapter (default: ENDPOINT_NAME-base)")
     parser.add_argument("--djl-mode", choices=("async", "sync"), default=None,
                         help="for a plain model dir (no serving.properties): async (default; the repository's "
                              "async handle, one call per request) or sync (handle_sync and the batcher); a "
@@ -89,6 +93,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level (default: info)")
     args = parser.parse_args(argv)
+    problem = component_name_problem(args.base_component) if args.base_component is not None else None
+    if problem:
+        parser.error(f"--base-component: {problem}")
     if not 0 < args.port < 65536:
         parser.error(f"--port must be 1..65535, got {args.port}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -168,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_shutdown=lambda: _remove(spec.temp_dir),
             max_body_bytes=args.max_body_bytes,
             body_timeout_s=args.body_timeout,
+            base_component=args.base_component,
         )
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 timeout_graceful_shutdown=int(args.drain_timeout) + SHUTDOWN_MARGIN_S)

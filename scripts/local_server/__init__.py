@@ -15,6 +15,11 @@ streaming.py       streamed bodies: a sync chunk iterator made async, the drain 
 eventstream.py     AWS event-stream framing (PayloadPart, ModelStreamError)
 runtime_api.py     the SageMaker runtime REST API (invoke_endpoint, invoke_endpoint_with_response_stream)
 api_routes.py      the API Gateway routes (/predict, /rag, /v1/chat/completions, /health, /model/info)
+adapter_registry.py
+                   adapters at run time: DJL's register/update/unregister calls into the entry module,
+                   and which inference component names are adapters
+adapter_routes.py  POST /adapters, DELETE /adapters/{name} (SageMaker's container standard), .../update
+                   (DJL), GET /v1/models (OpenAI / vLLM)
 app.py             FastAPI app factory: container contract (/ping, /invocations), JSON errors, lifespan,
                    /local/stats, DrainingServer
 ```
@@ -22,5 +27,24 @@ app.py             FastAPI app factory: container contract (/ping, /invocations)
 
 from __future__ import annotations
 
+import re
+
 DEFAULT_ENDPOINT_NAME = "lora-local"
 DEFAULT_VARIANT = "AllTraffic"
+# InferenceComponentName as botocore's models define it (sagemaker-runtime's invoke operations and
+# sagemaker's CreateInferenceComponent alike): the base's name, and every adapter component's.
+COMPONENT_NAME_RE = re.compile(r"^[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+MAX_COMPONENT_NAME = 63
+
+
+def component_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an inference component's name, or None when it can."""
+    if len(name) > MAX_COMPONENT_NAME or not COMPONENT_NAME_RE.fullmatch(name):
+        return (f"{name[:100]!r} is not an inference component name: 1-{MAX_COMPONENT_NAME} letters, digits and "
+                "'-', starting and ending with a letter or digit")
+    return None
+
+
+def base_component_name(endpoint_name: str) -> str:
+    """The base model's inference component name locally, unless one is given: ``<endpoint>-base``."""
+    return f"{endpoint_name}-base"

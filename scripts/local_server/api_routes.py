@@ -25,7 +25,7 @@ from handler.errors import HandlerError, error_body, full_error_body
 from handler.media import JSON, check_content_type
 
 from .djl_io import Answer
-from .endpoint import ClosingStreamingResponse, EndpointState, NotReady, wants_stream
+from .endpoint import INFO_BODY, ClosingStreamingResponse, EndpointState, NotReady, wants_stream
 from .streaming import pump_answer
 
 # Local routes may stream; the deployed models refuse ``stream: true``.
@@ -97,7 +97,7 @@ def router(state: EndpointState) -> APIRouter:
 
     @api.get("/model/info", summary="Base model, adapters and limits")
     async def model_info() -> Response:
-        return await through_handler({"Content-Type": JSON}, b'{"task": "info"}')
+        return await through_handler({"Content-Type": JSON}, INFO_BODY)
 
     @api.get("/health", summary="Endpoint status")
     async def health() -> Response:
@@ -116,13 +116,18 @@ def _render(answer: Answer) -> Response:
     if answer.stream is not None and status < 300:
         return ClosingStreamingResponse(pump_answer(answer), status_code=status, media_type=answer.content_type)
     if status >= 300:
-        try:
-            body = json.loads(answer.body)
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict):
-            return _error(status, "model_error", "the model server failed to answer")
-        # DJL's async-mode error body ({"code", "error": "type: message"}) in the project's shape,
-        # as the deployed API's model_error template writes it
-        return JSONResponse(full_error_body(body, status), status_code=status)
+        return error_response(status, answer.body)
     return Response(answer.body, status_code=status, media_type=answer.content_type)
+
+
+def error_response(status: int, body: bytes) -> JSONResponse:
+    """A container's error answer with ``status``, in the project's error body."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        return _error(status, "model_error", "the model server failed to answer")
+    # DJL's async-mode error body ({"code", "error": "type: message"}) in the project's shape,
+    # as the deployed API's model_error template writes it
+    return JSONResponse(full_error_body(data, status), status_code=status)

@@ -1,6 +1,7 @@
 """The FastAPI app: the container contract (``GET /ping``, ``POST /invocations``), the SageMaker runtime
-API and the API Gateway routes, all answered through one ``handle()`` and DJL's frontend for the
-package's mode (``async_frontend`` or the sync ``batcher``).
+API, the API Gateway routes and the adapter routes, all answered through the entry module (``handle()``,
+``register_adapter()`` ...) and DJL's frontend for the package's mode (``async_frontend`` or the sync
+``batcher``).
 
 The model loads once the server is up (the async init call on the server's loop, the sync one on a
 worker thread): ``/ping`` answers 503 until the init call has succeeded, 200 after. Every body is read
@@ -25,7 +26,8 @@ from starlette.exceptions import HTTPException
 
 from handler.errors import error_body, internal_error_body
 
-from . import DEFAULT_ENDPOINT_NAME, api_routes, runtime_api
+from . import DEFAULT_ENDPOINT_NAME, adapter_routes, api_routes, base_component_name, runtime_api
+from .adapter_registry import AdapterRegistry
 from .async_frontend import AsyncFrontend
 from .batcher import Batcher
 from .endpoint import ClosingStreamingResponse, EndpointState, Frontend, NotReady, wants_stream
@@ -50,12 +52,15 @@ def create_app(
     on_shutdown: Callable[[], None] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    base_component: str | None = None,
 ) -> FastAPI:
     """An app serving ``served``; it loads the model (init call) at start-up unless it is ready already.
-    ``batch_size`` and ``max_batch_delay_ms`` are the sync mode's batching (async mode has none)."""
+    ``batch_size`` and ``max_batch_delay_ms`` are the sync mode's batching (async mode has none);
+    ``base_component`` is the inference component name of the base model (default ``<endpoint>-base``)."""
     frontend: Frontend = AsyncFrontend(served) if served.async_mode else Batcher(
         served.handle, served.djl, batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
     state = EndpointState(served, frontend, endpoint_name, drain_timeout_s=drain_timeout_s)
+    adapters = AdapterRegistry(state, base_component=base_component or base_component_name(endpoint_name))
 
     async def load() -> None:
         try:
@@ -87,6 +92,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.endpoint = state
+    app.state.adapters = adapters
     app.add_middleware(BodyLimits, max_bytes=max_body_bytes, timeout_s=body_timeout_s)
 
     @app.exception_handler(HTTPException)
@@ -131,8 +137,9 @@ def create_app(
             body["batcher"] = batches
         return JSONResponse(body)
 
-    app.include_router(runtime_api.router(state))
+    app.include_router(runtime_api.router(state, adapters))
     app.include_router(api_routes.router(state))
+    app.include_router(adapter_routes.router(state, adapters))
     return app
 
 

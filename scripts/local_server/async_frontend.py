@@ -27,7 +27,7 @@ import json
 import logging
 import struct
 import types
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from handler.errors import internal_error_body
@@ -121,10 +121,17 @@ class Response:
 
 async def answer(served: ServedModel, call: Call) -> Answer:
     """One request through the async ``handle``, answered as DJL's frontend answers it."""
+    return await invoke(served.handle, build_input(served.djl, [call]), f"request {call.properties.get('requestId')}")
+
+
+async def invoke(function: Callable[[Any], Any], inputs: Any, what: str) -> Answer:
+    """``await function(inputs)`` (``handle``, or an adapter function such as ``register_adapter``: DJL's
+    async engine invokes every one alike), answered as the frontend answers it."""
+    name = f"{getattr(function, '__name__', 'handle')}()"
     try:
-        result = await served.handle(build_input(served.djl, [call]))
+        result = await function(inputs)
     except Exception as err:
-        log.exception("handle() raised for request %s", call.properties.get("requestId"))
+        log.exception("%s raised for %s", name, what)
         if type(err).__name__ in _MEMORY_ERRORS or any(text in str(err) for text in _MEMORY_TEXT):
             return frontend_error(507, str(err))
         return frontend_error(424, "service.invoke_handler_async() failure")
@@ -133,15 +140,15 @@ async def answer(served: ServedModel, call: Call) -> Answer:
     if isinstance(result, types.AsyncGeneratorType):  # the type DJL checks for
         return await _first_chunk(result, Response())
     if not isinstance(result, ensure_djl_python().Output):  # the class the handler imports now, as DJL checks
-        log.error("handle() returned %s, not an Output or an async generator", type(result).__name__)
+        log.error("%s returned %s, not an Output or an async generator", name, type(result).__name__)
         return frontend_error(424, "prediction failure")
     response = Response()
     try:
         chunk = response.add(result)
     except MalformedRecord as err:
-        return unanswered(f"handle() answered an Output DJL cannot read ({err})")
+        return unanswered(f"{name} answered an Output DJL cannot read ({err})")
     if chunk is None or not response.ended:
-        return unanswered("handle() answered one Output that does not end the response (last is false)")
+        return unanswered(f"{name} answered one Output that does not end the response (last is false)")
     return Answer(response.status, response.headers, chunk)
 
 
@@ -198,6 +205,10 @@ class AsyncFrontend:
 
     async def answer(self, call: Call, *, stream: bool) -> Answer:
         return await answer(self.served, call)
+
+    async def call(self, function: Callable[[Any], Any], inputs: Any, what: str) -> Answer:
+        """Another entry function (``register_adapter`` ...), awaited on the loop like ``handle``."""
+        return await invoke(function, inputs, what)
 
     def report(self) -> dict[str, Any] | None:
         """Nothing of its own to count (the engine's counters are the served model's)."""

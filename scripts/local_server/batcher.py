@@ -107,6 +107,19 @@ class Batcher:
         loop = asyncio.get_running_loop()
         return (await loop.run_in_executor(self._executor, self._run, [call]))[0]
 
+    async def call(self, function: Callable[[Any], Any], inputs: Any, what: str) -> Answer:
+        """Another entry function (``register_adapter`` ...) on the worker thread, between batches, as DJL
+        queues such a job for its one Python worker; its Output is read like a single request's."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, function, inputs, what)
+
+    def _call(self, function: Callable[[Any], Any], inputs: Any, what: str) -> Answer:
+        try:
+            return split_output(function(inputs), 1)[0]
+        except Exception:
+            log.exception("%s() raised for %s", getattr(function, "__name__", "handle"), what)
+            return failure_answer()
+
     def _run(self, calls: list[Call]) -> list[Answer]:
         try:
             output = self.handle(build_input(self.djl, calls))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from .package import ServedModel
 from .streaming import close_stream, pump_answer
 
 RETRY_AFTER_S = 5
+INFO_BODY = b'{"task": "info"}'
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -76,6 +77,11 @@ class Frontend(Protocol):
     async def drain(self, timeout_s: float) -> None: ...
 
     async def answer(self, call: Call, *, stream: bool) -> Answer: ...
+
+    async def call(self, function: Callable[[Any], Any], inputs: Any, what: str) -> Answer:
+        """Another function of the entry module (``register_adapter`` ...) with a ready-made Input, run where
+        the mode runs ``handle`` (the loop, or the worker thread) and read as its Output would be."""
+        ...
 
     def report(self) -> dict[str, Any] | None: ...
 
@@ -130,6 +136,10 @@ class EndpointState:
             await task
         return unavailable_answer(f"the endpoint is shutting down and could not answer within the "
                                   f"{self.drain_timeout_s:g} s drain time; retry")
+
+    async def model_info(self) -> Answer:
+        """The handler's answer to ``{"task": "info"}`` (``NotReady`` before the model has loaded)."""
+        return await self.invoke_whole(self.call({"Content-Type": JSON}, INFO_BODY))
 
     async def invoke_whole(self, call: Call) -> Answer:
         """A complete answer: a streamed one is collected (what SageMaker does for ``invoke_endpoint``)."""

@@ -216,21 +216,39 @@ class ServedModel:
     failed: str | None = None
     djl: ModuleType = field(default_factory=djl_io.ensure_djl_python)
     async_mode: bool = False
+    module: ModuleType | None = None
+    """The entry module (``model.py``, or ``handler.entry`` for a plain model dir), where DJL looks up the
+    functions its management calls name (``register_adapter`` ...); None when only ``handle`` is known."""
+    entry_name: str = DEFAULT_ENTRY
+    function_suffix: str = ""
+    """Appended to those names: ``_sync`` where a plain model dir is served by ``handler.entry`` in sync mode,
+    as ``handle_sync`` is its sync ``handle``."""
 
     @classmethod
     def from_spec(cls, spec: PackageSpec) -> ServedModel:
         djl = djl_io.ensure_djl_python()
+        suffix = ""
         if spec.entry_file is None:
-            from handler import entry
+            from handler import entry as module
 
-            handle: Callable[[Any], Any] = entry.handle if spec.async_mode else entry.handle_sync
+            handle: Callable[[Any], Any] = module.handle if spec.async_mode else module.handle_sync
+            entry_name = "handler.entry"
+            suffix = "" if spec.async_mode else "_sync"
         else:
             module = load_entry_module(spec.entry_file)
             handle = getattr(module, spec.handler_name, None)  # type: ignore[assignment]
             if not callable(handle):
                 raise PackageError(f"{spec.entry_file.name} defines no function {spec.handler_name!r}")
             _check_mode(handle, spec)
-        return cls(str(spec.model_dir), handle, dict(spec.init_properties), djl=djl, async_mode=spec.async_mode)
+            entry_name = spec.entry_file.name
+        return cls(str(spec.model_dir), handle, dict(spec.init_properties), djl=djl, async_mode=spec.async_mode,
+                   module=module, entry_name=entry_name, function_suffix=suffix)
+
+    def entry_function(self, name: str) -> Callable[[Any], Any] | None:
+        """The entry module's function ``name`` (``register_adapter``, ``update_adapter``,
+        ``unregister_adapter``), looked up when it is called, as DJL's ``getattr(module, name)`` does."""
+        function = getattr(self.module, name + self.function_suffix, None) if self.module is not None else None
+        return function if callable(function) else None
 
     @property
     def mode(self) -> str:

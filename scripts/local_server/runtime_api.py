@@ -6,6 +6,11 @@ unchanged boto3 code works with ``endpoint_url=``. Errors use the modelled shape
 (400), ``ModelNotReadyException`` (429) and ``ModelError`` (424, with ``OriginalStatusCode``,
 ``OriginalMessage`` and ``LogStreamArn``), named by the ``x-amzn-ErrorType`` header; a failure after
 the stream started is a ``ModelStreamError`` event.
+
+``InferenceComponentName`` (header ``X-Amzn-SageMaker-Inference-Component``) picks what answers, as on an
+endpoint with inference components: the base component's name the base model, an adapter's name that
+adapter (the container gets it in ``X-Amzn-SageMaker-Adapter-Identifier``), any other name a
+``ValidationError``. Without the header the endpoint answers as a variant endpoint does.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from . import eventstream
+from . import COMPONENT_NAME_RE, MAX_COMPONENT_NAME, eventstream
+from .adapter_registry import AdapterRegistry
 from .djl_io import CUSTOM_ATTRIBUTES, Answer
 from .endpoint import ClosingStreamingResponse, EndpointState, NotReady
 from .streaming import StreamExpired, StreamFailed, close_stream, guarded
 
 ACCOUNT = "000000000000"
+COMPONENT_HEADER = "X-Amzn-SageMaker-Inference-Component"
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
 REGION = "local"
 MAX_CUSTOM_ATTRIBUTES = 1024
 # Request headers the runtime forwards to the container (boto3's signing headers stay behind).
@@ -79,6 +87,28 @@ def _forwarded(request: Request, *, streaming: bool) -> dict[str, str]:
     return headers
 
 
+async def _component(adapters: AdapterRegistry, headers: dict[str, str]) -> Response | None:
+    """Apply ``InferenceComponentName``: the base component serves the base model, an adapter's component
+    that adapter (named to the container in the adapter header, as SageMaker does); anything else, or a
+    name outside the model's pattern, is a ValidationError. No header: the endpoint serves as a variant."""
+    name = headers.pop(COMPONENT_HEADER.lower(), None)
+    if name is None:
+        return None
+    if len(name) > MAX_COMPONENT_NAME or not COMPONENT_NAME_RE.fullmatch(name):
+        return validation_error(
+            f"1 validation error detected: Value '{name[:100]}' at 'inferenceComponentName' failed to satisfy "
+            f"constraint: Member must satisfy regular expression pattern: {COMPONENT_NAME_RE.pattern} and have "
+            f"length less than or equal to {MAX_COMPONENT_NAME}")
+    headers.pop(ADAPTER_HEADER.lower(), None)  # the component decides, not the caller
+    if name == adapters.base_component:
+        return None
+    if not await adapters.is_adapter(name):
+        return validation_error(f"Inference component {name} of account {ACCOUNT} not found on endpoint "
+                                f"{adapters.state.endpoint_name}.")
+    headers[ADAPTER_HEADER] = name
+    return None
+
+
 def _ok_headers(state: EndpointState, answer: Answer, content_type_header: str) -> dict[str, str]:
     headers = {content_type_header: answer.content_type, "x-Amzn-Invoked-Production-Variant": state.variant}
     custom = next((v for k, v in answer.headers.items() if k.lower() == CUSTOM_ATTRIBUTES.lower()), None)
@@ -87,7 +117,7 @@ def _ok_headers(state: EndpointState, answer: Answer, content_type_header: str) 
     return headers
 
 
-def router(state: EndpointState) -> APIRouter:
+def router(state: EndpointState, adapters: AdapterRegistry) -> APIRouter:
     api = APIRouter(tags=["SageMaker runtime"])
 
     @api.post("/endpoints/{name}/invocations", openapi_extra=_BODY_DOC, summary="InvokeEndpoint")
@@ -95,7 +125,11 @@ def router(state: EndpointState) -> APIRouter:
         problem = _check(state, name, request)
         if problem is not None:
             return problem
-        call = state.call(_forwarded(request, streaming=False), await request.body())
+        headers = _forwarded(request, streaming=False)
+        problem = await _component(adapters, headers)
+        if problem is not None:
+            return problem
+        call = state.call(headers, await request.body())
         try:
             answer = await state.invoke_whole(call)
         except NotReady as err:
@@ -112,7 +146,11 @@ def router(state: EndpointState) -> APIRouter:
         problem = _check(state, name, request)
         if problem is not None:
             return problem
-        call = state.call(_forwarded(request, streaming=True), await request.body())
+        headers = _forwarded(request, streaming=True)
+        problem = await _component(adapters, headers)
+        if problem is not None:
+            return problem
+        call = state.call(headers, await request.body())
         try:
             answer = await state.invoke(call, stream=True)
         except NotReady as err:
