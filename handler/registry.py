@@ -60,6 +60,7 @@ log = logging.getLogger("lora_endpoint.handler")
 PACKAGE, REGISTERED, JIT = "package", "registered", "jit"
 MAX_ADAPTER_FILES = 1000  # files one downloaded adapter may have
 MISSING_TTL_S = 30.0  # a just-in-time name found missing is not looked up again for this long
+MAX_SLOT_WAIT_S = 60.0  # longest wait for a device slot when the request has no deadline
 STACK_BUDGET_S = 0.002  # engine time per step spent stacking a new adapter set's factors
 
 
@@ -320,6 +321,8 @@ class AdapterRegistry:
         wanted = tuple(sorted(set(names)))
         if not wanted:
             return Lease(None, ())
+        if deadline is None:  # no time budget: still no longer than SageMaker waits for an answer
+            deadline = time.monotonic() + MAX_SLOT_WAIT_S
         if len(wanted) > self.settings.max_loras:
             raise InvalidRequest(
                 f"the request uses {len(wanted)} adapters; at most {self.settings.max_loras} can be served at once "
@@ -376,6 +379,11 @@ class AdapterRegistry:
                 evict: list[str] = []
                 if free < len(missing):
                     candidates = [n for n in self._device if n not in names and self._evictable(n)]
+                    pinned = sum(1 for n in self._device if self._entries.get(n) and self._entries[n].pin)
+                    if pinned + len(missing) > self.settings.max_loras:  # waiting would not help
+                        raise ServiceUnavailable(
+                            f"{pinned} of the {self.settings.max_loras} device slots (LORA_MAX_LORAS) hold pinned "
+                            f"adapters: no room for {', '.join(missing)}; unpin one or raise LORA_MAX_LORAS")
                     if len(candidates) < len(missing) - free:
                         self._wait(deadline, names)
                         continue
@@ -643,6 +651,9 @@ class AdapterRegistry:
             validate_adapter_name(alias)
         except AdapterError as err:
             raise AdapterRejected(str(err), param="name") from None
+        for taken in {name, alias}:
+            if taken == self.lm.base_name:  # requests naming it get the base model
+                raise AdapterConflict(f"{shown(taken)} is the base model's name", param="name")
         return name, alias
 
     def _check_alias_free(self, name: str, alias: str) -> None:

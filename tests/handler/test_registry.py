@@ -178,6 +178,8 @@ def test_unsafe_names_are_refused(name: str, tiny_model_dir: Path, pool: Path, t
     lm = _base_only(tiny_model_dir, tmp_path)
     with pytest.raises(AdapterRejected, match="name"):
         lm.registry.register(name, str(pool / "ad0"))
+    with pytest.raises(AdapterConflict, match="base model's name"):
+        lm.registry.register(lm.base_name, str(pool / "ad0"))
     assert lm.registry.names() == []
 
 
@@ -213,10 +215,15 @@ def test_with_a_cap_of_two_every_adapter_still_answers_and_pins_and_held_ones_st
     finally:
         lease.release()
     assert _answer(lm, "ad2") == expected["ad2"] and set(lm.resident) == {"ad0", "ad2"}
-    # AND a third pin past the two slots is refused
+    # AND a third pin past the two slots is refused, and with both slots pinned another adapter is a 503 at
+    # once (waiting would not free a slot)
     registry.update("ad2", pin=True)
     with pytest.raises(AdapterConflict, match="pinned"):
         registry.update("ad3", pin=True)
+    with pytest.raises(HandlerError, match="hold pinned adapters") as err:
+        _answer(lm, "ad3")
+    assert err.value.status == 503
+    assert _answer(lm, "ad2") == expected["ad2"]
 
 
 def test_requests_and_registrations_at_once_never_fail_or_cross(
