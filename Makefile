@@ -15,8 +15,8 @@ COMPAT_DEPS := "accelerate>=0.34" "safetensors>=0.4" "jinja2>=3.1" "pytest>=8" "
 compat_tests = LORA_BUILD_PYTHON="$(abspath $(PY))" $(1)/bin/python -m pytest -q tests/handler tests/compat \
 	-m "not slow and not gpu and not e2e"
 
-.PHONY: all venv vllm-venv test test-all test-compat test-compat-oldest lint typecheck demo synth checkov bench \
-	bench-serving clean
+.PHONY: all venv vllm-venv test test-all test-compat test-compat-oldest test-vllm lint typecheck demo synth checkov \
+	bench bench-serving clean
 
 all: lint test
 
@@ -81,6 +81,17 @@ vllm-venv: .venv-vllm/.stamp
 	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_PY) -c "import vllm, transformers, torch; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
 	touch $@
+
+# The engine conformance suite on vLLM's CPU build (and, there, vLLM against the transformers engine): the
+# test tools and peft go into .venv-vllm beside vLLM, with its transformers and torch held where they are.
+VLLM_TEST_DEPS := "pytest>=8" "pytest-timeout>=2.3" "peft==0.21.2" "accelerate>=0.34" "boto3>=1.35" "moto[s3]>=5.0"
+.venv-vllm/.test-stamp: .venv-vllm/.stamp Makefile
+	$(VLLM_PY) -m pip install -q $(VLLM_TEST_DEPS) "$(TORCH_SPEC)" \
+		"transformers==$$($(VLLM_PY) -c 'import transformers; print(transformers.__version__)')"
+	touch $@
+
+test-vllm: venv .venv-vllm/.test-stamp
+	LORA_TEST_ENGINES=transformers,vllm $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/engines
 
 bench-serving: venv vllm-venv
 	$(PY) scripts/bench.py serving --peer-python $(VLLM_PY)

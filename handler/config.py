@@ -34,6 +34,8 @@ ENV_KV_CACHE_TOKENS = "LORA_KV_CACHE_TOKENS"
 ENV_PREFILL_CHUNK_TOKENS = "LORA_PREFILL_CHUNK_TOKENS"
 ENV_MAX_QUEUE = "LORA_MAX_QUEUE"
 ENV_TIME_BUDGET_S = "LORA_TIME_BUDGET_S"
+ENV_ENGINE = "LORA_ENGINE"
+ENV_TENSOR_PARALLEL_DEGREE = "LORA_TENSOR_PARALLEL_DEGREE"
 ENV_MAX_LORAS = "LORA_MAX_LORAS"
 ENV_MAX_CPU_LORAS = "LORA_MAX_CPU_LORAS"
 ENV_MAX_LORA_RANK = "LORA_MAX_LORA_RANK"
@@ -47,6 +49,7 @@ ENV_LOG_LEVEL = "LORA_LOG_LEVEL"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+ENGINES = ("auto", "transformers", "vllm")
 
 DEFAULT_RAG_TEMPLATE = (
     "Answer the question using only the context below.\n\n"
@@ -129,6 +132,12 @@ class HandlerSettings:
     """Requests that may wait for the engine; beyond them a 429 ``model_overloaded``."""
     time_budget_s: float = 50.0
     """Generation stops with ``finish_reason`` ``time_limit`` past this many seconds (0 turns it off)."""
+    engine: str = "auto"
+    """What generates: ``transformers`` (this handler's engine), ``vllm`` (vLLM's, where it is installed), or
+    ``auto``: vLLM when it is installed and a GPU is present, else transformers."""
+    tensor_parallel_degree: int = 1
+    """GPUs one model copy is split over (LMI's ``option.tensor_parallel_degree``): vLLM's tensor
+    parallelism; the transformers engine spreads layers over the GPUs instead (not tensor parallel)."""
     max_loras: int = 8
     """Adapters resident on the device (in the model's LoRA layers) at once; least recently used ones
     that no running request needs are evicted to make room (LMI's ``option.max_loras``)."""
@@ -153,6 +162,8 @@ class HandlerSettings:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise SettingsError(f"{ENV_DTYPE} must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.engine not in ENGINES:
+            raise SettingsError(f"{ENV_ENGINE} must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.device not in DEVICES:
             raise SettingsError(f"{ENV_DEVICE} must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.default_max_new_tokens > self.max_new_tokens:
@@ -207,7 +218,7 @@ class HandlerSettings:
         settings = cls(**values)  # type: ignore[arg-type]
         for name in ("max_new_tokens", "default_max_new_tokens", "max_inputs", "max_return_sequences",
                      "max_payload_bytes", "max_batch_rows", "prefill_chunk_tokens", "max_queue", "max_loras",
-                     "max_lora_rank", "adapter_max_bytes"):
+                     "max_lora_rank", "adapter_max_bytes", "tensor_parallel_degree"):
             if getattr(settings, name) < 1:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
         return settings

@@ -56,6 +56,10 @@ def model_fn(model_dir: str) -> LoadedModel:
     settings = _runtime.settings
     logging.basicConfig(level=settings.log_level)
     model = load_model(model_dir, settings)
+    if model.engine_kind == "vllm":
+        from .engine import engine_for
+
+        engine_for(model)  # vLLM's start-up (a minute or more) belongs to the load, not the first request
     _runtime.model = model
     _log_loaded(model)
     return model

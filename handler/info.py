@@ -44,6 +44,7 @@ def render(lm: LoadedModel) -> dict[str, Any]:
                    "max_batch_rows": s.max_batch_rows, "time_budget_s": s.time_budget_s,
                    "max_loras": s.max_loras, "max_cpu_loras": s.host_loras, "max_lora_rank": s.max_lora_rank},
         "just_in_time_adapters": bool(s.adapter_jit_prefix) and lm.registry is not None,
+        "engine": {"name": lm.engine_kind, "reason": lm.engine_reason},
     }
 
 

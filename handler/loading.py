@@ -50,6 +50,12 @@ class LoadedModel:
     are all the registered ones; the registry moves them in and out of ``resident``."""
     registry: Any = None
     """The ``registry.AdapterRegistry`` (None when an adapter is merged: nothing can be registered)."""
+    engine_kind: str = "transformers"
+    """``transformers`` (``engine.Engine``) or ``vllm`` (``vllm_engine.VllmEngine``; ``model`` then has no
+    weights: vLLM holds them)."""
+    engine_reason: str = ""
+    base_path: str = ""
+    """Where the base model was loaded from (vLLM loads it again from there)."""
 
     @property
     def uses_peft(self) -> bool:
@@ -160,12 +166,21 @@ def _load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel
     log.info("loading base model %s on %s as %s with adapters %s", base_ref, device, dtype, sorted(adapters))
 
     tokenizer = _load_tokenizer(base_ref, settings.trust_remote_code)
+    from .engine_choice import engine_choice
+
+    engine_kind, engine_reason = engine_choice(settings.engine, device.type == "cuda")
+    if settings.merge and engine_kind == "vllm":
+        raise ModelLoadError("LORA_MERGE is served by the transformers engine only: set LORA_ENGINE=transformers")
+    log.info("engine: %s (%s)", engine_kind, engine_reason)
     load_kwargs: dict[str, Any] = {"trust_remote_code": settings.trust_remote_code, **dtype_kwarg(dtype)}
-    if device.type == "cuda":
-        load_kwargs["device_map"] = "auto"  # spreads a model too big for one GPU over all of them
-    model: Any = AutoModelForCausalLM.from_pretrained(base_ref, **load_kwargs)
-    if device.type != "cuda":
-        model.to(device)
+    if engine_kind == "vllm":
+        model: Any = _meta_model(base_ref, load_kwargs)  # vLLM loads the weights; the checks need the shapes
+    else:
+        if device.type == "cuda":
+            load_kwargs["device_map"] = "auto"  # spreads a model too big for one GPU over all of them
+        model = AutoModelForCausalLM.from_pretrained(base_ref, **load_kwargs)
+        if device.type != "cuda":
+            model.to(device)
 
     context = _context_length(model.config, tokenizer)
     if settings.max_input_tokens:
@@ -176,9 +191,12 @@ def _load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel
         settings=settings,
         adapters={},
         base_name=_base_name(base_ref, settings),
-        device=model.get_input_embeddings().weight.device,
+        device=model.get_input_embeddings().weight.device if engine_kind != "vllm" else device,
         dtype=dtype,
         context_length=context,
+        engine_kind=engine_kind,
+        engine_reason=engine_reason,
+        base_path=base_ref,
     )
     if settings.merge:
         model, adapters, lm.adapter_tokenizers = attach_adapters(model, adapters, problems,
@@ -192,7 +210,7 @@ def _load_model(model_dir: str | Path, settings: HandlerSettings) -> LoadedModel
     for name, problem in sorted(problems.items()):
         log.error("adapter %r is not served: %s", name, problem)
     lm.model.eval()
-    if settings.cpu_prepack and device.type == "cpu":
+    if settings.cpu_prepack and device.type == "cpu" and engine_kind != "vllm":
         from .prepack import prepack
 
         packed = prepack(lm.model)
@@ -221,6 +239,24 @@ def _serve_packaged(lm: LoadedModel, adapters: dict[str, AdapterInfo], problems:
         except Exception as err:
             problems[name] = err
             registry.forget(name)
+
+
+def _meta_model(ref: str, load_kwargs: dict[str, Any]) -> Any:
+    """The base's modules without weights (shapes only, no memory): what the adapter checks read when
+    vLLM owns the real model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(ref, trust_remote_code=load_kwargs.get("trust_remote_code", False))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=load_kwargs.get("trust_remote_code", False))
+    try:
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(ref)  # its EOS ids end rows
+    except OSError:
+        pass
+    return model
 
 
 def _load_tokenizer(ref: str, trust_remote_code: bool = False) -> Any:

@@ -339,6 +339,8 @@ class AdapterRegistry:
                 entry.users += 1
                 entry.used_at = time.monotonic()
         lease = Lease(self, wanted)
+        if self.lm.engine_kind == "vllm":  # vLLM keeps its own device and host slots
+            return lease
         try:
             for entry in entries:
                 self._read_host(entry)
@@ -523,6 +525,8 @@ class AdapterRegistry:
 
     def preload_order(self) -> list[str]:
         """What start-up moves onto the device: pinned adapters first, then the rest by name, up to its slots."""
+        if self.lm.engine_kind == "vllm":
+            return []  # vLLM loads adapters on first use
         with self._cond:
             order = sorted(self._entries.values(), key=lambda e: (not e.pin, e.info.name))
             return [e.info.name for e in order][: self.settings.max_loras]
@@ -533,6 +537,8 @@ class AdapterRegistry:
 
     # --- host memory ------------------------------------------------------------------------------------
     def _read_host(self, entry: Entry) -> None:
+        if self.lm.engine_kind == "vllm":
+            return  # vLLM reads the adapter from its folder itself
         with entry.loading:
             if entry.host is None:
                 entry.host = on_own_thread(lambda: attach.host_copy(entry.info, self.lm.dtype), name="lora-read")
@@ -689,6 +695,9 @@ class AdapterRegistry:
                 return
             resident = name in self._device
             self._device.pop(name, None)
+        remove = getattr(self.lm.engine, "remove_adapter", None)
+        if remove is not None:
+            remove(name)
         if resident:
             with self._move_lock:
                 self._on_model(lambda: self._evict([name], tuple(n for n in self.lm.resident if n != name)))

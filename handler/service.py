@@ -36,6 +36,9 @@ def render(lm: LoadedModel, prepared: Prepared, results: Sequence[RowResult]) ->
 
 
 def deadline_for(lm: LoadedModel) -> float | None:
+    """When the request's time budget ends: counted from when the engine can take it (vLLM's starts in
+    about a minute on a CPU, normally during the init call)."""
+    engine_for(lm)
     budget = lm.settings.time_budget_s
     return time.monotonic() + budget if budget > 0 else None
 

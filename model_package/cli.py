@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from handler.adapters import AdapterError
-from handler.config import DTYPES, SettingsError
+from handler.config import DTYPES, ENGINES, SettingsError
 from model_package.config import ARCHIVE_NAME, DJL_MODES, BuildOptions, PackageError, parse_s3_uri
 from model_package.extract import safe_extract
 from model_package.limits import MAX_BYTES_HELP, MAX_MEMBERS_HELP, Limits, count_arg, size_arg
@@ -129,7 +129,12 @@ def parser() -> argparse.ArgumentParser:
                          help="server-side cap on generated tokens per request (option.max_new_tokens; "
                               "default 1024)")
     serving.add_argument("--tensor-parallel-degree", type=int, default=1, metavar="N",
-                         help="GPUs the model is spread over (option.tensor_parallel_degree; default 1)")
+                         help="GPUs the model is spread over (option.tensor_parallel_degree; default 1): vLLM's "
+                              "tensor parallelism; the transformers engine spreads layers instead")
+    serving.add_argument("--engine", choices=ENGINES, default="auto",
+                         help="what generates in the container (option.engine): vllm (vLLM, in the GPU LMI "
+                              "image), transformers (the handler's own engine) or auto (default: vLLM when it is "
+                              "installed and a GPU is present)")
     serving.add_argument("--max-lora-rank", type=int, default=64, metavar="N",
                          help="largest adapter rank accepted (option.max_lora_rank; default 64); adapters "
                               "above it are refused")
@@ -171,6 +176,7 @@ def _build(args: argparse.Namespace) -> int:
         max_batch_delay_ms=args.max_batch_delay,
         max_new_tokens=args.max_new_tokens,
         tensor_parallel_degree=args.tensor_parallel_degree,
+        engine=args.engine,
         max_lora_rank=args.max_lora_rank,
         allow_modules_to_save=args.allow_modules_to_save,
         allow_base_mismatch=args.allow_base_mismatch,

@@ -42,6 +42,8 @@ class BuildOptions:
     """Sync mode only (default 100)."""
     max_new_tokens: int = 1024
     tensor_parallel_degree: int = 1
+    engine: str = "auto"
+    """``option.engine``: ``auto``, ``transformers`` or ``vllm`` (see handler/config.py)."""
     max_lora_rank: int = 64
     allow_modules_to_save: bool = False
     allow_base_mismatch: bool = False

@@ -92,6 +92,7 @@ def handler_options(options: BuildOptions, base_reference: str | None) -> dict[s
     values = {
         "dtype": options.dtype,
         "max_new_tokens": str(options.max_new_tokens),
+        "engine": options.engine,
     }
     if base_reference:
         values["base_model"] = base_reference

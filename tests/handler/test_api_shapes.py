@@ -186,7 +186,7 @@ def test_info_lists_real_adapters_with_ranks(served) -> None:
     assert body["context_length"] == 256 and body["limits"]["max_new_tokens"] == 128
     # Callers see names, ranks and limits; the host's paths, memory and library versions stay in its log.
     assert set(body) == {"base_model", "context_length", "merged_adapter", "default_adapter", "adapters",
-                         "failed_adapters", "limits", "just_in_time_adapters"}
+                         "failed_adapters", "limits", "just_in_time_adapters", "engine"}
     assert set(body["adapters"][0]) == {"name", "rank", "alpha", "target_modules", "alias", "origin", "pinned",
                                         "resident"}
     assert "/" not in json.dumps(body["base_model"])

@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from handler.engine import Engine, EngineLimits, collect
+from handler.engine import Engine, EngineLimits
 from handler.errors import ContextLengthExceeded, ModelOverloaded
-from handler.generation import Row, generate
+from handler.generation import Row, collect, generate
 from handler.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=12, do_sample=False)
