@@ -9,6 +9,8 @@ docs/benchmarks.md with the command and the machine. A script, not a test: it as
     python scripts/bench.py --quick         # smaller, for a smoke run
     python scripts/bench.py serving --help  # the side-by-side run against vLLM's OpenAI server
     python scripts/bench.py adapters --help  # adapters registered, loaded and evicted at run time
+    .venv-vllm/bin/python scripts/bench.py engines --help  # the handler on vLLM beside its own engine
+                                                          # (also: bench.py --engine vllm)
 """
 
 from __future__ import annotations
@@ -233,6 +235,10 @@ def render(figures: dict[str, Any], command: str, machine: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["engines"] or args_in[:2] == ["--engine", "vllm"]:
+        from scripts.bench_engines import main as engines_main
+
+        return engines_main(args_in[1:] if args_in[:1] == ["engines"] else args_in[2:])
     if args_in[:1] == ["adapters"]:
         from scripts.bench_adapters import main as adapters_main
 
