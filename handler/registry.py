@@ -188,12 +188,14 @@ class AdapterRegistry:
                 self._publish_names()
                 self.stats.registered += 1
             log.info("adapter %r registered (%s, rank %d)", name, origin, entry.info.max_rank)
-            if pin:
-                try:
+            try:
+                if pin:
                     self.update(name, pin=True)
-                except Exception:
-                    self._forget(name)
-                    raise
+                elif preload:
+                    self._engine_load(name, pin=False)
+            except Exception:
+                self._forget(name)
+                raise
             return self.describe(name)
 
     def add_packaged(self, info: AdapterInfo) -> None:
@@ -253,12 +255,25 @@ class AdapterRegistry:
                         f"all {self.settings.max_loras} device slots are pinned (LORA_MAX_LORAS); unpin or "
                         "unregister one first", param="pin")
             lease = self.acquire([entry.info.name], deadline=time.monotonic() + self.settings.time_budget_s + 10)
-            with self._cond:
-                entry.pin = True
-            lease.release()
+            try:
+                self._engine_load(entry.info.name, pin=True)
+                with self._cond:
+                    entry.pin = True
+            finally:
+                lease.release()
         elif pin is False:
             entry.pin = False
         return self.describe(entry.info.name)
+
+    def _engine_load(self, name: str, *, pin: bool) -> None:
+        """An engine that keeps adapters itself (vLLM) loads it now; ``AdapterRejected`` if it refuses."""
+        load = getattr(self.lm.engine, "load_adapter", None)
+        if load is None:
+            return
+        try:
+            load(name, pin=pin)
+        except Exception as err:
+            raise AdapterRejected(f"adapter {shown(name)}: vLLM refused it: {str(err)[:300]}", param="src") from None
 
     def unregister(self, name: str, *, timeout_s: float | None = None) -> dict[str, Any]:
         """Stop serving ``name`` (new requests get 404 at once), wait for the requests holding it, free it.

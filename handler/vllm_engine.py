@@ -110,6 +110,22 @@ class VllmEngine:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout_s)
 
+    def load_adapter(self, name: str, *, pin: bool = False) -> None:
+        """Load ``name`` into vLLM now (``preload``), and keep it on the device for good (``pin``)."""
+        request = self._lora(name)
+
+        async def load() -> None:
+            await self._llm.add_lora(request)
+            if pin:
+                await self._llm.pin_lora(request.lora_int_id)
+
+        asyncio.run_coroutine_threadsafe(load(), self._loop).result()
+
+    def loaded_adapters(self) -> list[str]:
+        """The adapters vLLM holds now (on the device or in its host cache)."""
+        ids = set(asyncio.run_coroutine_threadsafe(self._llm.list_loras(), self._loop).result())
+        return sorted(name for name, lora_id in self._lora_ids.items() if lora_id in ids)
+
     def remove_adapter(self, name: str) -> None:
         """Drop ``name`` from vLLM (the registry calls this once no request holds it)."""
         lora_id = self._lora_ids.pop(name, None)

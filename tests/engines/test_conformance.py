@@ -103,12 +103,17 @@ def test_an_adapter_changes_the_answer_and_an_unknown_one_is_a_404(lm: LoadedMod
 
 def test_an_adapter_registered_at_run_time_answers_and_goes(lm: LoadedModel, model_dir: Path) -> None:
     spare = model_dir.parent / "spare" / "gamma"
-    lm.registry.register("gamma", str(spare))
+    lm.registry.register("gamma", str(spare), pin=True)
+    assert lm.registry.describe("gamma")["pinned"] is True
+    if lm.engine_kind == "vllm":  # preloaded and pinned in vLLM itself
+        assert "gamma" in lm.engine.loaded_adapters()
     answer = _generate(lm, "gamma")["generated_text"]
     assert answer != _generate(lm)["generated_text"] and answer != _generate(lm, "alpha")["generated_text"]
     lm.registry.unregister("gamma")
     with pytest.raises(UnknownAdapter):
         _generate(lm, "gamma")
+    if lm.engine_kind == "vllm":
+        assert "gamma" not in lm.engine.loaded_adapters()
 
 
 def test_the_time_budget_ends_generation_with_time_limit(lm: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
