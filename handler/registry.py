@@ -443,7 +443,8 @@ class AdapterRegistry:
             entries = {n: self._entries[n] for n in attach_names}
         copies = {n: e.host or self._fail_host(n) for n, e in entries.items()}
         fast: dict[str, attach.FastAttach] = {}
-        if lm.engine is not None and lm.resident and lora_batch.for_model(lm.model, lm.resident).supported:
+        # the layout only: ``supported`` would stack the running set's factors here if they were stale
+        if lm.engine is not None and lm.resident and lora_batch.for_model(lm.model, lm.resident).layout_reason is None:
             import copy
 
             fast = {n: attach.FastAttach(lm.model, n, copy.deepcopy(c[0]), entries[n].info, c[1])
