@@ -199,13 +199,15 @@ class Engine:
 
     # --- admission ----------------------------------------------------------------------------------
     def _admit(self) -> None:
+        if any(w.handle.cancelled for w in self._waiting):
+            # A caller that gave up frees its place in the queue now, not when it reaches the front: it
+            # must not count against max_queue (and answer others 429) behind a request that cannot start.
+            for waiting in [w for w in self._waiting if w.handle.cancelled]:
+                waiting.handle._release()
+            self._waiting = deque(w for w in self._waiting if not w.handle.cancelled)
         while self._waiting:
             waiting = self._waiting[0]
             handle = waiting.handle
-            if handle.cancelled:
-                self._waiting.popleft()
-                handle._release()
-                continue
             rows = len(self._decoding) + len(self._prefilling) + len(handle.rows)
             capacity = max(self._cache.capacity, _aligned(waiting.need))
             slots = min(self.limits.max_rows, _power_of_two(rows))  # room to grow without reallocating

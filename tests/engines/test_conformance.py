@@ -132,15 +132,19 @@ def test_past_rows_and_queue_the_endpoint_answers_429(lm: LoadedModel) -> None:
     ids = tuple(lm.tokenizer(PROMPTS[1]).input_ids)
     rows = [Row(ids, None, SamplingParams(max_new_tokens=200, ignore_eos=True))]
     handles, refused = [], 0
+    released = threading.Semaphore(0)
     for _ in range(40):
         try:
-            handles.append(engine.submit(rows))
+            handles.append(engine.submit(rows, on_release=released.release))
         except ModelOverloaded as err:
             refused += 1
             assert err.status == 429 and err.retry_after == 1
     for handle in handles:
         handle.cancel()
     assert refused > 0 and handles
+    # Every cancelled request leaves the engine (queued ones too), so the next caller finds room.
+    assert all(released.acquire(timeout=30) for _ in handles)
+    assert _generate(lm)["details"]["generated_tokens"] == 8
 
 
 def test_engines_answer_alike_greedy(lm: LoadedModel, model_dir: Path) -> None:
@@ -164,7 +168,7 @@ def test_concurrent_requests_each_get_their_own_answer(lm: LoadedModel) -> None:
     def call(adapter: str | None) -> None:
         import time
 
-        for _ in range(100):  # a 429 says "retry in a moment" (rows of the overload test may still be leaving)
+        for _ in range(100):  # a 429 says "retry in a moment", and a client does
             try:
                 got.append((adapter, _generate(lm, adapter)["generated_text"]))
                 return

@@ -140,6 +140,29 @@ def test_cancelling_a_request_frees_its_rows(loaded, engine) -> None:
     assert done.wait(30)  # the only row slot was given back
 
 
+def test_a_cancelled_request_leaves_the_queue_at_once_even_behind_one_that_cannot_start(loaded, engine) -> None:
+    # GIVEN one long row in the only slot, and a queue of two behind it
+    e = engine(max_rows=1, max_queue=2)
+    long = row(loaded, "Hello", None, max_new_tokens=200, ignore_eos=True)
+    running = e.submit([long])
+    steps = running.steps()
+    next(steps)
+    blocked = e.submit([long])  # the front of the queue: it waits for the slot
+    released_at: list[int] = []
+    released = threading.Event()
+    gave_up = e.submit([long], on_release=lambda: (released_at.append(e.stats.iterations), released.set()))
+    with pytest.raises(ModelOverloaded):
+        e.submit([long])
+    # WHEN the second waiting caller gives up
+    gave_up.cancel()
+    # THEN its place is freed within a few iterations, long before the running row's 200 end
+    assert released.wait(30) and released_at[0] < 100, released_at
+    late = e.submit([long])  # the freed place takes a new request
+    for handle in (running, blocked, late):
+        handle.cancel()
+    steps.close()
+
+
 def test_a_sliding_window_model_is_served_within_its_window(tiny_model_dir) -> None:
     from handler.config import HandlerSettings
     from handler.engine import engine_for, sliding_window
