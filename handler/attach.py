@@ -17,7 +17,7 @@ from typing import Any
 from .adapter_weights import check_adapter_weights, module_weight_shapes
 from .adapters import AdapterError, AdapterInfo
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lora_endpoint.handler")
 
 # Longest reason kept in ``failed_adapters`` (callers see it in model info and 404s).
 MAX_REASON_CHARS = 300

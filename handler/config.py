@@ -46,10 +46,22 @@ ENV_ALLOW_BASE_MISMATCH = "LORA_ALLOW_BASE_MISMATCH"
 ENV_RAG_TEMPLATE = "LORA_RAG_TEMPLATE"
 ENV_TRUST_REMOTE_CODE = "LORA_TRUST_REMOTE_CODE"
 ENV_LOG_LEVEL = "LORA_LOG_LEVEL"
+ENV_LOG_FORMAT = "LORA_LOG_FORMAT"
+ENV_LOG_PROMPTS = "LORA_LOG_PROMPTS"
+ENV_REQUEST_LOG = "LORA_REQUEST_LOG"
+ENV_METRICS = "LORA_METRICS"
+ENV_METRICS_NAMESPACE = "LORA_METRICS_NAMESPACE"
+ENV_METRICS_ENDPOINT = "LORA_METRICS_ENDPOINT"
+ENV_METRICS_ADAPTERS = "LORA_METRICS_ADAPTERS"
+ENV_METRICS_TOP_ADAPTERS = "LORA_METRICS_TOP_ADAPTERS"
+ENV_METRICS_INTERVAL_S = "LORA_METRICS_INTERVAL_S"
+ENV_TELEMETRY_DESTINATION = "LORA_TELEMETRY_DESTINATION"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("auto", "transformers", "vllm")
+LOG_FORMATS = ("json", "text")
+METRICS_MODES = ("emf", "off")
 
 DEFAULT_RAG_TEMPLATE = (
     "Answer the question using only the context below.\n\n"
@@ -158,6 +170,30 @@ class HandlerSettings:
     rag_template: str = DEFAULT_RAG_TEMPLATE
     trust_remote_code: bool = False
     log_level: str = "INFO"
+    log_format: str = "json"
+    """The handler's log lines: ``json`` (one JSON object per line, what CloudWatch Logs Insights queries) or
+    ``text``."""
+    log_prompts: bool = False
+    """Put each request's prompt (as the model saw it) in its request record. Off: prompts never reach logs."""
+    request_log: bool = True
+    """One JSON record per request (id, adapter, tokens, timings, status, error type)."""
+    metrics: str = "emf"
+    """``emf``: the request records and a periodic engine record carry CloudWatch Embedded Metric Format
+    metadata, so CloudWatch Logs turns them into metrics (no API calls, no permissions); ``off``."""
+    metrics_namespace: str = "LoraEndpoint"
+    metrics_endpoint: str = ""
+    """The ``Endpoint`` dimension's value (the CDK stack sets the endpoint's name); empty = ``local``."""
+    metrics_adapters: str = ""
+    """Comma-separated adapters that get their own ``Adapter`` dimension; empty = the busiest ones."""
+    metrics_top_adapters: int = 10
+    """With no ``metrics_adapters``: how many of the busiest adapters keep their name (the rest: ``other``)."""
+    metrics_interval_s: float = 60.0
+    """How often the engine record (queue, batch, KV cache, adapters, throughput) is written; 0 = never."""
+    telemetry_destination: str = "auto"
+    """Where request and engine records go: ``stdout``, ``stderr``, a file path, or ``auto``: the
+    container's own stdout (``/proc/1/fd/1``) when the handler runs inside a model server that prefixes
+    its workers' output (DJL Serving, the SageMaker toolkit), so every record stays one JSON log event;
+    else stdout."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -171,6 +207,15 @@ class HandlerSettings:
                 f"{ENV_DEFAULT_MAX_NEW_TOKENS} ({self.default_max_new_tokens}) must not exceed "
                 f"{ENV_MAX_NEW_TOKENS} ({self.max_new_tokens})"
             )
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"{ENV_LOG_FORMAT} must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.metrics not in METRICS_MODES:
+            raise SettingsError(f"{ENV_METRICS} must be one of {', '.join(METRICS_MODES)}, got {self.metrics!r}")
+        if not self.metrics_namespace or len(self.metrics_namespace) > 255 or self.metrics_namespace.startswith("AWS/"):
+            raise SettingsError(f"{ENV_METRICS_NAMESPACE} must be 1..255 characters and not start with AWS/, got "
+                                f"{self.metrics_namespace!r}")
+        if len(self.metrics_endpoint) > 1024:
+            raise SettingsError(f"{ENV_METRICS_ENDPOINT} must be at most 1024 characters")
         prefix = self.adapter_jit_prefix
         if prefix and not (prefix.startswith("s3://") and prefix[5:].strip("/")) and not os.path.isabs(prefix):
             raise SettingsError(
@@ -178,6 +223,11 @@ class HandlerSettings:
         for field in ("{context}", "{query}"):
             if field not in self.rag_template:
                 raise SettingsError(f"{ENV_RAG_TEMPLATE} must contain {field}")
+
+    @property
+    def metrics_adapter_names(self) -> tuple[str, ...]:
+        """``metrics_adapters`` as names."""
+        return tuple(n.strip() for n in self.metrics_adapters.split(",") if n.strip())
 
     @property
     def host_loras(self) -> int:

@@ -17,6 +17,7 @@ from . import service, streaming
 from .errors import HandlerError, internal_error_body
 from .loading import LoadedModel
 from .media import JSON
+from .telemetry import Trace
 
 log = logging.getLogger("lora_endpoint.handler")
 
@@ -32,24 +33,34 @@ def error_output(output_cls: Any, err: HandlerError | None = None) -> Any:
     return out
 
 
-def respond(output_cls: Any, model: LoadedModel, parsed: list[Any], *, batched: bool) -> Any:
-    """The Output for one call's parsed requests (``HandlerError`` items failed to parse)."""
+def respond(output_cls: Any, model: LoadedModel, parsed: list[Any], *, batched: bool,
+            traces: list[Trace] | None = None) -> Any:
+    """The Output for one call's parsed requests (``HandlerError`` items failed to parse); each of
+    ``traces`` (one per item) is ended with its item's status."""
+    traces = traces if traces is not None else [Trace() for _ in parsed]
     if not batched and not isinstance(parsed[0], HandlerError) and parsed[0].stream:
-        return _stream_output(output_cls, model, parsed[0])
-    answers = _answer_all(model, parsed)
+        try:
+            return _stream_output(output_cls, model, parsed[0], traces[0])
+        except HandlerError as err:
+            model.telemetry.answered(traces[0], err)
+            raise
+    answers = _answer_all(model, parsed, traces)
+    for trace, answer in zip(traces, answers, strict=True):
+        model.telemetry.answered(trace, answer)  # a stream's trace ended with its stream: a no-op then
     return _batch_output(output_cls, answers, parsed) if batched else _single_output(output_cls, answers[0], parsed[0])
 
 
-def _answer_all(model: LoadedModel, parsed: list[Any]) -> list[Any]:
+def _answer_all(model: LoadedModel, parsed: list[Any], traces: list[Trace]) -> list[Any]:
     """Answers in order: errors stay errors, streams in a batch are rendered whole."""
     plain = [(i, p) for i, p in enumerate(parsed) if not isinstance(p, HandlerError) and not p.stream]
     answers: list[Any] = list(parsed)
-    for (index, _), answer in zip(plain, service.run(model, [p for _, p in plain]), strict=True):
+    results = service.run(model, [p for _, p in plain], [traces[i] for i, _ in plain])
+    for (index, _), answer in zip(plain, results, strict=True):
         answers[index] = answer
     for index, request in enumerate(parsed):
         if not isinstance(request, HandlerError) and request.stream:
             try:
-                answers[index] = b"".join(streaming.stream(model, request))
+                answers[index] = b"".join(streaming.stream(model, request, traces[index]))
             except HandlerError as err:
                 answers[index] = err
     return answers
@@ -85,8 +96,8 @@ def _batch_output(output_cls: Any, answers: list[Any], parsed: list[Any]) -> Any
     return out
 
 
-def _stream_output(output_cls: Any, model: LoadedModel, request: Any) -> Any:
-    chunks = streaming.stream(model, request)  # preparation and prefill errors raise here, before any byte
+def _stream_output(output_cls: Any, model: LoadedModel, request: Any, trace: Trace) -> Any:
+    chunks = streaming.stream(model, request, trace)  # preparation and prefill errors raise here, before any byte
     out = output_cls()
     out.add_property("Content-Type", streaming.stream_type(request))
     try:

@@ -187,6 +187,7 @@ class Engine:
             for handle, step in events.items():
                 if handle.first_token_at is None:
                     handle.first_token_at = self.stats.iterations
+                self.stats.generated_tokens += len(step)
                 handle._put(step)
         for handle in {s.handle for s in self._finished}:
             if all(s.done for s in self._rows_of(handle)):
@@ -216,6 +217,7 @@ class Engine:
             if rows > self.limits.max_rows or max(slots, self._cache.slots) * capacity > self.limits.kv_tokens:
                 return  # wait for running rows to leave (arrival order is kept: no overtaking)
             self._waiting.popleft()
+            handle.admitted_s = time.monotonic()
             self._cache.reserve(slots, capacity)
             self.stats.admitted += 1
             for index, row in enumerate(handle.rows):

@@ -14,7 +14,7 @@ import os
 import threading
 from typing import Any
 
-from . import __version__, adapter_api, djl_async, djl_sync, service, streaming
+from . import __version__, adapter_api, djl_async, djl_sync, logs, service, streaming, telemetry
 from .body import decode_json
 from .config import HandlerSettings, serving_options
 from .errors import HandlerError
@@ -54,12 +54,16 @@ def model_fn(model_dir: str) -> LoadedModel:
     if _runtime.settings is None:  # not started by DJL: read the package's serving.properties ourselves
         _runtime.settings = HandlerSettings.from_options(serving_options(os.path.join(model_dir, "serving.properties")))
     settings = _runtime.settings
-    logging.basicConfig(level=settings.log_level)
+    logs.configure(settings, telemetry.log_stream(settings, under_model_server=True))
     model = load_model(model_dir, settings)
     if model.engine_kind == "vllm":
         from .engine import engine_for
 
         engine_for(model)  # vLLM's start-up (a minute or more) belongs to the load, not the first request
+    writer = telemetry.writer_for(settings, under_model_server=True)
+    if writer is not None:
+        model.telemetry.add_sink(writer)
+    model.telemetry.watch(model)
     _runtime.model = model
     _log_loaded(model)
     return model
@@ -87,9 +91,16 @@ def input_fn(request_body: bytes | str, content_type: str | None) -> Any:
 
 def predict_fn(input_data: Any, model: LoadedModel) -> Any:
     """Generate for one parsed request; returns the JSON-ready response (or a stream of bytes)."""
+    trace = telemetry.Trace()  # the toolkit passes no headers: no request id here
+    trace.request(input_data)
     if getattr(input_data, "stream", False):
-        return b"".join(streaming.stream(model, input_data))
-    answer = service.run(model, [input_data])[0]
+        try:
+            return b"".join(streaming.stream(model, input_data, trace))  # the stream's end ends the trace
+        except HandlerError as err:
+            model.telemetry.answered(trace, err)
+            raise
+    answer = service.run(model, [input_data], [trace])[0]
+    model.telemetry.answered(trace, answer)
     if isinstance(answer, HandlerError):
         raise answer
     return answer
@@ -101,6 +112,24 @@ def output_fn(prediction: Any, accept: str | None) -> bytes:
         return bytes(prediction)
     check_accept(accept, stream_type=None)
     return json.dumps(prediction, ensure_ascii=False).encode("utf-8")
+
+
+def add_telemetry_sink(sink: Any) -> bool:
+    """Also hand every request and engine record to ``sink`` (a callable taking the record dict); False
+    while no model is loaded. The local endpoint's Prometheus collector is one."""
+    if _runtime.model is None:
+        return False
+    _runtime.model.telemetry.add_sink(sink)
+    return True
+
+
+def telemetry_snapshot() -> dict[str, Any] | None:
+    """The engine's gauges and cumulative counters now (``metrics`` names), once a model is loaded."""
+    model = _runtime.model
+    if model is None:
+        return None
+    return {"endpoint": model.telemetry.endpoint, "gauges": model.telemetry.gauges(model),
+            "counters": model.telemetry.counters()}
 
 
 def engine_stats() -> dict[str, Any] | None:
@@ -149,18 +178,25 @@ def handle_sync(inputs: Any) -> Any:
     model = _runtime.model
     assert model is not None
     batched = inputs.is_batch()
+    traces: list[telemetry.Trace] = []
     try:
         parsed: list[Any] = []
         for item in inputs.get_batches() if batched else [inputs]:
+            traces.append(telemetry.Trace(telemetry.request_id(item.get_property)))
             try:
                 parsed.append(_parse_item(item))
+                traces[-1].request(parsed[-1])
             except HandlerError as err:
                 parsed.append(err)
-        return djl_sync.respond(Output, model, parsed, batched=batched)
+        return djl_sync.respond(Output, model, parsed, batched=batched, traces=traces)
     except HandlerError as err:
+        for trace in traces:
+            model.telemetry.answered(trace, err)
         return djl_sync.error_output(Output, err)
     except Exception:
         log.exception("request %s failed", inputs.get_property("requestId") or "-")  # details in the log only
+        for trace in traces:
+            model.telemetry.done(trace, 500, "internal_error")
         return djl_sync.error_output(Output)
 
 
@@ -174,16 +210,23 @@ async def handle(inputs: Any) -> Any:
         return None
     model = _runtime.model
     assert model is not None
+    trace = telemetry.Trace(telemetry.request_id(inputs.get_property))
     try:
         request = _parse_item(inputs)
+        trace.request(request)
         if request.stream:
-            chunks = await streaming.astream(model, request)  # prefill errors raise here, before any byte
+            # Prefill errors raise here, before any byte; once it streams, the stream's end ends the trace.
+            chunks = await streaming.astream(model, request, trace)
             return djl_async.stream_outputs(Output, chunks, streaming.stream_type(request))
-        return djl_async.answer_output(Output, await service.arun(model, request))
+        answer = await service.arun(model, request, trace)
+        model.telemetry.done(trace, 200)
+        return djl_async.answer_output(Output, answer)
     except HandlerError as err:
+        model.telemetry.answered(trace, err)
         return djl_async.error_output(Output, err)
     except Exception:
-        log.exception("request %s failed", inputs.get_property("requestId") or "-")
+        log.exception("request %s failed", trace.request_id or "-")
+        model.telemetry.done(trace, 500, "internal_error")
         return djl_async.error_output(Output, None)
 
 

@@ -20,7 +20,7 @@ from . import lora_batch
 from .loading import BASE_ADAPTER_NAME, LoadedModel
 from .sampling import SamplingParams
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lora_endpoint.handler")
 
 # finish_reason values, LMI's spelling; "time_limit" is ours (see the README). "error": the row could not
 # go on (e.g. the model gave non-finite scores); only its own request fails.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import time
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,13 @@ class Handle:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
         self._on_release: Callable[[], None] | None = None
+        # Wall-clock figures for the request's metrics (time.monotonic()): when the engine took the rows
+        # in, first and last token; tokens generated and each row's finish reason.
+        self.admitted_s: float | None = None
+        self.first_token_s: float | None = None
+        self.last_token_s: float | None = None
+        self.tokens = 0
+        self.finishes: list[str | None] = [None] * len(self.rows)
 
     def _release(self) -> None:
         """The engine holds none of this request's rows any more (finished, failed, cancelled or never
@@ -53,6 +61,8 @@ class Handle:
                 log.exception("releasing a request failed")
 
     def _put(self, item: Any) -> None:
+        if type(item) is list:
+            self._count(item)
         if self._loop is not None and self._async is not None:
             try:
                 self._loop.call_soon_threadsafe(self._async.put_nowait, item)
@@ -60,6 +70,17 @@ class Handle:
                 self.cancelled = True
         else:
             self._queue.put(item)
+
+    def _count(self, step: list[Delta]) -> None:
+        now = time.monotonic()
+        if self.first_token_s is None:
+            self.first_token_s = now
+        self.last_token_s = now
+        for delta in step:
+            if delta.token_id >= 0:
+                self.tokens += 1
+            if delta.finish_reason is not None and 0 <= delta.row < len(self.finishes):
+                self.finishes[delta.row] = delta.finish_reason
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -113,4 +134,5 @@ class EngineStats:
     waiting: int = 0
     running_rows: int = 0
     kv_tokens_allocated: int = 0
+    generated_tokens: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)

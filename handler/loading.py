@@ -16,9 +16,10 @@ from .adapters import AdapterError, AdapterInfo, check_unmerged, discover_adapte
 from .attach import attach_adapters, short_reason
 from .config import HandlerSettings
 from .errors import ModelLoadError
+from .telemetry import Telemetry
 from .threads import on_own_thread
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lora_endpoint.handler")
 
 BASE_SUBDIR = "base"
 BASE_ADAPTER_NAME = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -56,6 +57,12 @@ class LoadedModel:
     engine_reason: str = ""
     base_path: str = ""
     """Where the base model was loaded from (vLLM loads it again from there)."""
+    telemetry: Telemetry = field(default=None)  # type: ignore[assignment]
+    """Request and engine records (``telemetry``), made from ``settings``; no sink until one is added."""
+
+    def __post_init__(self) -> None:
+        if self.telemetry is None:
+            self.telemetry = Telemetry(self.settings)
 
     @property
     def uses_peft(self) -> bool:

@@ -39,7 +39,7 @@ from typing import Any
 
 from . import prepack
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lora_endpoint.handler")
 
 _SUBSETS = 8  # subsets of a layer's adapters whose factors are kept
 

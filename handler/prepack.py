@@ -20,7 +20,7 @@ import functools
 import logging
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lora_endpoint.handler")
 
 # peft's LoRA factors are small and change when adapters change: they stay plain.
 _SKIP = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.", ".lora_magnitude_vector.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lora_endpoint.handler")
 
 MARKER = ".lora-endpoint-complete"
 

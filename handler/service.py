@@ -21,6 +21,7 @@ from .generation import ERROR, RowResult
 from .loading import LoadedModel
 from .registry import Lease
 from .rows import Prepared
+from .telemetry import Trace
 
 log = logging.getLogger("lora_endpoint.handler")
 
@@ -61,28 +62,40 @@ def submit(lm: LoadedModel, prepared: Prepared, lease: Lease, *, deadline: float
         raise
 
 
-def prepare_held(lm: LoadedModel, request: Any, deadline: float | None) -> tuple[Prepared, Lease]:
+def prepare_held(lm: LoadedModel, request: Any, deadline: float | None,
+                 trace: Trace | None = None) -> tuple[Prepared, Lease]:
     """``prepare`` then ``hold``: the blocking part of a request before the engine."""
     prepared = prepare(lm, request)
+    if trace is not None:
+        trace.prepared(lm, prepared)
     return prepared, hold(lm, prepared, deadline)
 
 
-def run(lm: LoadedModel, requests: Sequence[Any]) -> list[Any]:
+def _traced(handle: Handle, trace: Trace | None) -> Handle:
+    if trace is not None:
+        trace.handle = handle
+    return handle
+
+
+def run(lm: LoadedModel, requests: Sequence[Any], traces: Sequence[Trace | None] | None = None) -> list[Any]:
     """Answer every request; each answer is a JSON-ready object or the ``HandlerError`` for it.
 
     Every request goes to the engine on its own (the engine batches them with whatever else is
     running), so each gets its own answer or error whatever its neighbours in a DJL batch do.
+    ``traces`` (one per request) are filled in; the caller ends them once it knows each status.
     """
     answers: list[Any] = [None] * len(requests)
     submitted: list[tuple[int, Prepared, Any]] = []
     deadline = deadline_for(lm)  # these requests arrived together: now
     for index, request in enumerate(requests):
+        trace = traces[index] if traces is not None else None
         try:
             if request.kind == "info":
                 answers[index] = kinds.info.render(lm)
                 continue
-            prepared, lease = prepare_held(lm, request, deadline)
-            submitted.append((index, prepared, submit(lm, prepared, lease, deadline=deadline)))
+            prepared, lease = prepare_held(lm, request, deadline, trace)
+            handle = _traced(submit(lm, prepared, lease, deadline=deadline), trace)
+            submitted.append((index, prepared, handle))
         except HandlerError as err:
             answers[index] = err
         except Exception:  # a tokenizer or template that raises: this request only
@@ -101,14 +114,14 @@ def run(lm: LoadedModel, requests: Sequence[Any]) -> list[Any]:
     return answers
 
 
-async def arun(lm: LoadedModel, request: Any) -> Any:
+async def arun(lm: LoadedModel, request: Any, trace: Trace | None = None) -> Any:
     """One request on the event loop (DJL's async mode): its answer, or the ``HandlerError`` raised.
     Tokenising runs on a worker thread; the engine's steps arrive on this loop."""
     if request.kind == "info":
         return kinds.info.render(lm)
     deadline = deadline_for(lm)
-    prepared, lease = await asyncio.to_thread(prepare_held, lm, request, deadline)
-    handle = submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop())
+    prepared, lease = await asyncio.to_thread(prepare_held, lm, request, deadline, trace)
+    handle = _traced(submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop()), trace)
     results = await handle.aresults()
     if any(r.finish_reason == ERROR for r in results):
         raise GenerationFailed()

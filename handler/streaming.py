@@ -24,6 +24,7 @@ from .generation import ERROR, Delta
 from .loading import LoadedModel
 from .media import EVENT_STREAM, JSON_LINES
 from .service import deadline_for, prepare_held, submit
+from .telemetry import Trace
 
 log = logging.getLogger("lora_endpoint.handler")
 
@@ -40,51 +41,76 @@ def error_record(err: HandlerError, media: str) -> bytes:
     return (json.dumps({**err.body(), "details": {"finish_reason": "error"}}) + "\n").encode()
 
 
-def stream(lm: LoadedModel, request: Any) -> Iterator[bytes]:
-    """Prepare and prefill ``request`` now (errors raise here), then stream the rest lazily."""
+def stream(lm: LoadedModel, request: Any, trace: Trace | None = None) -> Iterator[bytes]:
+    """Prepare and prefill ``request`` now (errors raise here), then stream the rest lazily. ``trace``
+    is filled in, and ended when the stream ends (the caller ends it if this raises)."""
     deadline = deadline_for(lm)
-    prepared, lease = prepare_held(lm, request, deadline)
-    steps = submit(lm, prepared, lease, deadline=deadline).steps()
+    prepared, lease = prepare_held(lm, request, deadline, trace)
+    handle = submit(lm, prepared, lease, deadline=deadline)
+    if trace is not None:
+        trace.handle = handle
+    steps = handle.steps()
     try:
         first = _first(next(steps, None))  # the prefill and the first token
     except BaseException:
         steps.close()
         raise
-    return _rendered(kinds.module(request).stream_renderer(lm, prepared), first, steps, stream_type(request))
+    return _rendered(kinds.module(request).stream_renderer(lm, prepared), first, steps, stream_type(request),
+                     _Ending(lm, trace))
+
+
+class _Ending:
+    """Ends a stream's trace: 200 (the status was sent with the first byte), with the error type of an
+    error record, if one ended the stream."""
+
+    def __init__(self, lm: LoadedModel, trace: Trace | None) -> None:
+        self.lm, self.trace = lm, trace
+        self.error: str | None = None
+
+    def __call__(self) -> None:
+        if self.trace is not None:
+            self.lm.telemetry.done(self.trace, 200, self.error)
 
 
 def _rendered(renderer: Any, first: list[Delta] | None, steps: Generator[list[Delta], None, None],
-              media: str) -> Iterator[bytes]:
+              media: str, ending: _Ending) -> Iterator[bytes]:
     try:
         yield from renderer.start()
         for step in itertools.chain([] if first is None else [first], steps):
             yield from renderer.step(step)
         yield from renderer.end()
     except HandlerError as err:
+        ending.error = err.code
         yield error_record(err, media)
     except Exception:
         log.exception("stream failed after its first byte")
+        ending.error = GenerationFailed.code
         yield error_record(GenerationFailed(), media)
     finally:
         steps.close()  # the client went away, or the stream ended: the engine drops the rows
+        ending()
 
 
-async def astream(lm: LoadedModel, request: Any) -> AsyncIterator[bytes]:
+async def astream(lm: LoadedModel, request: Any, trace: Trace | None = None) -> AsyncIterator[bytes]:
     """``stream`` for the event loop (DJL's async mode): tokenising runs on a worker thread, and the
     engine's steps arrive on this loop. Prefill errors raise on the first ``__anext__``."""
     deadline = deadline_for(lm)
-    prepared, lease = await asyncio.to_thread(prepare_held, lm, request, deadline)
-    steps = submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop()).asteps()
+    prepared, lease = await asyncio.to_thread(prepare_held, lm, request, deadline, trace)
+    handle = submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop())
+    if trace is not None:
+        trace.handle = handle
+    steps = handle.asteps()
     try:
         first = _first(await anext(steps, None))
     except BaseException:
         await steps.aclose()
         raise
-    return _arendered(kinds.module(request).stream_renderer(lm, prepared), first, steps, stream_type(request))
+    return _arendered(kinds.module(request).stream_renderer(lm, prepared), first, steps, stream_type(request),
+                      _Ending(lm, trace))
 
 
 async def _arendered(renderer: Any, first: list[Delta] | None, steps: AsyncGenerator[list[Delta], None],
-                     media: str) -> AsyncIterator[bytes]:
+                     media: str, ending: _Ending) -> AsyncIterator[bytes]:
     try:
         for chunk in renderer.start():
             yield chunk
@@ -97,12 +123,15 @@ async def _arendered(renderer: Any, first: list[Delta] | None, steps: AsyncGener
         for chunk in renderer.end():
             yield chunk
     except HandlerError as err:
+        ending.error = err.code
         yield error_record(err, media)
     except Exception:
         log.exception("stream failed after its first byte")
+        ending.error = GenerationFailed.code
         yield error_record(GenerationFailed(), media)
     finally:
         await steps.aclose()
+        ending()
 
 
 def _first(step: list[Delta] | None) -> list[Delta] | None:

@@ -48,6 +48,7 @@ class VllmEngine:
         self.stats = EngineStats()
         self._lock = threading.Lock()
         self._running = 0
+        self._rows = 0
         self._stopping = False
         self._lora_ids: dict[str, int] = {}
         self._next_id = itertools.count(1)
@@ -97,9 +98,18 @@ class VllmEngine:
                     f"the endpoint is at capacity ({self.limits.max_queue} requests waiting); retry in a moment")
             self._running += 1
             self.stats.admitted += 1
+            self._count_rows(len(rows))
         handle._on_release = on_release
+        handle.admitted_s = time.monotonic()  # vLLM queues it from here on (its own queue is not seen)
         asyncio.run_coroutine_threadsafe(self._run(handle), self._loop)
         return handle
+
+    def _count_rows(self, change: int) -> None:
+        """Rows in flight (under ``_lock``): those past ``max_rows`` count as waiting - vLLM's scheduler
+        decides which of them run, by its own KV-cache budget."""
+        self._rows += change
+        self.stats.running_rows = min(self._rows, self.limits.max_rows)
+        self.stats.waiting = max(0, self._running - self.limits.max_rows)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         with self._lock:
@@ -145,6 +155,7 @@ class VllmEngine:
         finally:
             with self._lock:
                 self._running -= 1
+                self._count_rows(-len(handle.rows))
             handle._release()
 
     async def _row(self, handle: Handle, index: int, row: Row) -> None:
@@ -166,6 +177,7 @@ class VllmEngine:
                     logprob = _chosen_logprob(logprobs, position, token) if row.logprobs else None
                     handle._put([Delta(index, text, token, logprob, state.finish)])
                     self.stats.decode_steps += 1
+                    self.stats.generated_tokens += 1
                     if state.finish is not None:
                         return
             if state.finish is None:  # vLLM ended the row first (it was told to stop at max_new_tokens only)
