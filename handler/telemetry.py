@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -102,7 +103,7 @@ class Telemetry:
         self.labels = metrics.AdapterLabels(fixed=settings.metrics_adapter_names, top=settings.metrics_top_adapters)
         self._sinks: list[Sink] = []
         self._lock = threading.Lock()
-        self._lm: Any = None
+        self._lm_ref: weakref.ref[Any] | None = None
         self._last: dict[str, float] = {}
         self._last_at = time.monotonic()
         self._stop = threading.Event()
@@ -110,8 +111,10 @@ class Telemetry:
 
     # --- sinks ------------------------------------------------------------------------------------
     def add_sink(self, sink: Sink) -> None:
+        """Hand every record to ``sink`` too (once, however often it is added)."""
         with self._lock:
-            self._sinks = [*self._sinks, sink]
+            if all(s is not sink for s in self._sinks):
+                self._sinks = [*self._sinks, sink]
 
     def remove_sink(self, sink: Sink) -> None:
         with self._lock:
@@ -160,6 +163,8 @@ class Telemetry:
         if handle is not None:
             record["GeneratedTokens"] = handle.tokens
             finishes = {f for f in handle.finishes if f is not None}
+            if handle.cancelled and None in handle.finishes:
+                finishes = {"cancelled"}  # the client went away (or the stream was closed) before the end
             record["finish_reason"] = finishes.pop() if len(finishes) == 1 else ("mixed" if finishes else None)
             if handle.admitted_s is not None:
                 record["QueueTime"] = _ms(handle.admitted_s - trace.started)
@@ -174,8 +179,9 @@ class Telemetry:
 
     # --- the engine record ------------------------------------------------------------------------
     def watch(self, lm: Any) -> None:
-        """Report on ``lm``'s engine and adapters every ``metrics_interval_s`` (from a daemon thread)."""
-        self._lm = lm
+        """Report on ``lm``'s engine and adapters every ``metrics_interval_s`` (from a daemon thread, which
+        ends with ``stop`` or once ``lm`` is gone: it holds the model only weakly)."""
+        self._lm_ref = weakref.ref(lm)
         self._last, self._last_at = self._counters(lm), time.monotonic()
         interval = self.settings.metrics_interval_s
         if interval > 0 and self._thread is None:
@@ -185,8 +191,14 @@ class Telemetry:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def _lm(self) -> Any:
+        return self._lm_ref() if self._lm_ref is not None else None
+
     def _every(self, interval: float) -> None:
         while not self._stop.wait(interval):
+            if self._lm is None:
+                return
             try:
                 self.tick()
             except Exception:  # a failing report must not end the reports
@@ -194,14 +206,15 @@ class Telemetry:
 
     def tick(self) -> Record | None:
         """Write the engine record now (the timer calls this); the adapter labels start a new interval."""
-        if self._lm is None:
+        lm = self._lm
+        if lm is None:
             return None
         now = time.monotonic()
-        counters = self._counters(self._lm)
+        counters = self._counters(lm)
         elapsed = max(now - self._last_at, 1e-9)
         tokens = counters["tokens"] - self._last.get("tokens", 0)
         record: Record = {"event": ENGINE_EVENT, metrics.DIM_ENDPOINT: self.endpoint,
-                          "interval_s": round(elapsed, 3), **self.gauges(self._lm),
+                          "interval_s": round(elapsed, 3), **self.gauges(lm),
                           "AdapterLoads": counters["loads"] - self._last.get("loads", 0),
                           "AdapterEvictions": counters["evictions"] - self._last.get("evictions", 0),
                           "GenerationThroughput": round(tokens / elapsed, 3)}
@@ -236,7 +249,8 @@ class Telemetry:
 
     def counters(self) -> dict[str, float]:
         """Cumulative adapter loads / evictions and tokens since start (for Prometheus counters)."""
-        return self._counters(self._lm) if self._lm is not None else {"loads": 0, "evictions": 0, "tokens": 0}
+        lm = self._lm
+        return self._counters(lm) if lm is not None else {"loads": 0, "evictions": 0, "tokens": 0}
 
 
 def _ms(seconds: float) -> float:

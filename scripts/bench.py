@@ -9,6 +9,7 @@ docs/benchmarks.md with the command and the machine. A script, not a test: it as
     python scripts/bench.py --quick         # smaller, for a smoke run
     python scripts/bench.py serving --help  # the side-by-side run against vLLM's OpenAI server
     python scripts/bench.py adapters --help  # adapters registered, loaded and evicted at run time
+    python scripts/bench.py telemetry --help  # what the metrics and request records cost (on vs off)
     .venv-vllm/bin/python scripts/bench.py engines --help  # the handler on vLLM beside its own engine
                                                           # (also: bench.py --engine vllm)
 """
@@ -243,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.bench_adapters import main as adapters_main
 
         return adapters_main(args_in[1:])
+    if args_in[:1] == ["telemetry"]:
+        from scripts.bench_telemetry import main as telemetry_main
+
+        return telemetry_main(args_in[1:])
     if args_in[:1] == ["serving"]:
         from scripts.bench_serving import main as serving_main
 

@@ -62,3 +62,13 @@ def test_readme_example_runs(name, djl, tiny_model_dir, monkeypatch) -> None:
 def test_every_setting_is_documented() -> None:
     for field in dataclasses.fields(HandlerSettings):
         assert f"| `{env_var(field.name)}` |" in README, f"{env_var(field.name)} is not in the README settings table"
+
+
+def test_readme_operations_lists_every_metric_with_its_unit_and_prometheus_name() -> None:
+    from handler import metrics
+
+    operations = README.split("## Operations", 1)[1].split("\n## ", 1)[0]
+    for metric in metrics.CATALOG:
+        suffix = "_total" if metric.prometheus_type == "counter" else ""
+        assert f"| `{metric.name}` | {metric.unit} |" in operations, metric.name
+        assert f"`{metric.prometheus}{suffix}` ({metric.prometheus_type})" in operations, metric.name
