@@ -75,6 +75,10 @@ class VllmEngine:
             tensor_parallel_size=s.tensor_parallel_degree,
             trust_remote_code=s.trust_remote_code,
             enforce_eager=self.lm.device.type != "cuda",  # no CUDA graphs to capture on a CPU
+            # On a CPU this is the share of the NUMA node's memory vLLM reserves for its KV cache, and it
+            # refuses to start unless that much is free: 0.92 (its default) fails on any machine doing
+            # something else. 30% is what this handler's own engine takes on a CPU (LORA_KV_CACHE_TOKENS).
+            **({} if self.lm.device.type == "cuda" else {"gpu_memory_utilization": 0.3}),
         )
         return AsyncLLM.from_engine_args(args)
 

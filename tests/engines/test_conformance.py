@@ -190,3 +190,24 @@ def test_model_info_names_the_engine_and_why(lm: LoadedModel) -> None:
     assert info["engine"]["name"] == lm.engine_kind and info["engine"]["reason"].startswith("LORA_ENGINE=")
 
 
+
+
+def test_a_request_record_has_the_engine_figures(lm: LoadedModel) -> None:
+    from handler.telemetry import Trace
+
+    trace = Trace("conformance")
+    request = GenerateRequest(inputs=(PROMPTS[0],), adapters=("alpha",), params=SamplingParams(
+        max_new_tokens=8, ignore_eos=True))
+    trace.request(request)
+    assert not isinstance(run(lm, [request], [trace])[0], HandlerError)
+    record = lm.telemetry.request_record(trace, 200, None)
+    assert record["GeneratedTokens"] == 8 and record["finish_reason"] == "length" and record["Adapter"] == "alpha"
+    assert 0 <= record["QueueTime"] <= record["TimeToFirstToken"] <= record["EndToEndLatency"]
+    assert record["InterTokenLatency"] > 0 and record["PromptTokens"] == len(lm.tokenizer(PROMPTS[0]).input_ids)
+    import time
+
+    deadline = time.monotonic() + 10  # the engine counts its rows at the end of the step that finished them
+    while lm.telemetry.gauges(lm)["RunningRows"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gauges = lm.telemetry.gauges(lm)
+    assert gauges["RunningRows"] == 0 and gauges["QueueDepth"] == 0 and gauges["RegisteredAdapters"] >= 1
