@@ -35,6 +35,7 @@ Sink = Callable[[Record], None]
 REQUEST_EVENT = "request"
 ENGINE_EVENT = "engine"
 LOCAL_ENDPOINT = "local"
+PROMPT_CHARS = 16_384  # of a logged prompt (LORA_LOG_PROMPTS)
 
 
 class Trace:
@@ -78,7 +79,9 @@ class Trace:
         self.prompt_tokens = sum(len(r.prompt_ids) for r in rows)
         if rows and lm.settings.log_prompts:
             try:
-                self.prompt = lm.tokenizer_for(rows[0].adapter).decode(rows[0].prompt_ids)
+                text = lm.tokenizer_for(rows[0].adapter).decode(rows[0].prompt_ids)
+                # A CloudWatch log event holds 256 KB (and an EMF record past it loses its metrics).
+                self.prompt = text if len(text) <= PROMPT_CHARS else text[:PROMPT_CHARS] + " [truncated]"
             except Exception:  # a tokenizer that cannot decode must not fail the request
                 self.prompt = None
 
