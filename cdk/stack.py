@@ -11,10 +11,12 @@ from constructs import Construct
 from cdk.components.api import InferenceApi
 from cdk.components.autoscaling import CopyAutoscaling, VariantAutoscaling
 from cdk.components.bucket import ArtifactsBucket, ModelArtifact
+from cdk.components.dashboard import OperationsDashboard
 from cdk.components.endpoint import VARIANT_NAME, ModelEndpoint
 from cdk.components.execution_role import ADAPTERS_PREFIX, grant_component_access
 from cdk.components.inference_components import InferenceComponents
-from cdk.components.observability import AlertTopic, ApiAlarms, EndpointAlarms, OperationsDashboard
+from cdk.components.llm_metrics import LlmMetrics
+from cdk.components.observability import AlertTopic, ApiAlarms, EndpointAlarms
 from cdk.endpoint_modes import COMPONENTS, SERVERLESS, VARIANT
 from cdk.settings import DeploymentSettings
 
@@ -46,6 +48,10 @@ class LoraEndpointStack(Stack):
             instance_dims=variant_dims, instance_type=None if mode == SERVERLESS else ep.instance_type,
             topic=topic.topic,
         )
+        llm = LlmMetrics(
+            self, "LlmMetrics", settings=settings.alarms, namespace=ep.metrics_namespace,
+            endpoint_name=ep.endpoint_name, topic=topic.topic,
+        ) if ep.handler_settings.metrics != "off" else None
         endpoint = ModelEndpoint(
             self, "Endpoint", deployment=settings, artifact=model, bucket=artifacts.bucket,
             kms_key=kms_key, rollback_alarms=endpoint_alarms.rollback_alarms,
@@ -79,7 +85,8 @@ class LoraEndpointStack(Stack):
             stage=settings.api.stage_name, topic=topic.topic,
         )
         dashboard = OperationsDashboard(
-            self, "Operations", name=f"{ep.endpoint_name}-{self.region}", endpoint=endpoint_alarms, api=api_alarms
+            self, "Operations", name=f"{ep.endpoint_name}-{self.region}", endpoint=endpoint_alarms, api=api_alarms,
+            llm=llm,
         )
 
         CfnOutput(self, "EndpointName", value=endpoint.endpoint.attr_endpoint_name)
