@@ -15,3 +15,8 @@ def require(condition: bool, key: str, message: str) -> None:
     """Raise ``ContextError(key, message)`` unless ``condition`` holds."""
     if not condition:
         raise ContextError(key, message)
+
+
+def in_range(key: str, value: float, low: float, high: float) -> None:
+    """Raise ``ContextError`` naming ``key`` unless ``low <= value <= high``."""
+    require(low <= value <= high, key, f"must be {low:g}..{high:g}, got {value:g}")

@@ -28,13 +28,16 @@ from cdk.endpoint_modes import (
     serverless_fit,
 )
 from cdk.errors import ContextError
+from cdk.errors import in_range as _in_range
 from cdk.errors import require as _require
+from cdk.metrics_settings import AlarmSettings, check_alarms_can_fire, check_handler_setting, check_namespace
 from cdk.model_data import ModelData, parse_model_data
 from cdk.network_isolation import SETTINGS as NETWORK_ISOLATION
 from cdk.network_isolation import NetworkIsolation, decide, package_base_model
 from handler import config as handler_config
+from handler import metrics as handler_metrics
 
-__all__ = ["ContextError", "DeploymentSettings", "known_keys"]
+__all__ = ["AlarmSettings", "ContextError", "DeploymentSettings", "known_keys"]
 
 # CUDA 13 (the pinned LMI image) supports compute capability 7.5+: T4, A10G, L4, L40S, A100, H100, B200.
 GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "g7e", "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200")
@@ -47,10 +50,6 @@ API_AUTH_MODES = ("iam", "api_keys")
 REMOVAL_POLICIES = ("retain", "destroy")
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
                       2922, 3288, 3653)
-
-
-def _in_range(key: str, value: float, low: float, high: float) -> None:
-    _require(low <= value <= high, key, f"must be {low:g}..{high:g}, got {value:g}")
 
 
 def instance_family(instance_type: str) -> str:
@@ -104,6 +103,8 @@ class EndpointSettings:
     network_isolation: str = "auto"
     mode: str = VARIANT
     """``endpoint_mode``: ``variant``, ``inference_components`` or ``serverless`` (see ``cdk.endpoint_modes``)."""
+    metrics_namespace: str = handler_metrics.DEFAULT_NAMESPACE
+    """The CloudWatch namespace of the handler's own (EMF) metrics, which the dashboard and alarms read."""
     effective_base_model: str = field(init=False)
     """The base the handler loads: the package's own ``option.base_model`` (DJL options win over the
     environment; only local packages can be read at synth), else ``LORA_BASE_MODEL``; empty means ``base/``."""
@@ -141,6 +142,7 @@ class EndpointSettings:
         _in_range("deploy_bake_s", self.deploy_bake_s, 0, 3600)
         _require(self.network_isolation in NETWORK_ISOLATION, "network_isolation",
                  f"must be one of {', '.join(NETWORK_ISOLATION)}, got {self.network_isolation!r}")
+        check_namespace(self.metrics_namespace)
         # Frozen dataclass: derived fields are set once here.
         base = (package_base_model(self.model_data) or self.handler_env.get(handler_config.ENV_BASE_MODEL, "")
                 or self.base_model)
@@ -162,6 +164,19 @@ class EndpointSettings:
             object.__setattr__(self, "isolation", decide(self.network_isolation, base))
         except ValueError as err:
             raise ContextError("network_isolation", str(err)) from None
+
+    @property
+    def container_env(self) -> dict[str, str]:
+        """The model container's environment: the handler settings plus what the stack owns (the metrics'
+        ``Endpoint`` dimension is the endpoint's name and the namespace ``metrics_namespace``, in every mode,
+        so the dashboard and alarms find them)."""
+        return {**self.handler_env, handler_config.ENV_METRICS_ENDPOINT: self.endpoint_name,
+                handler_config.ENV_METRICS_NAMESPACE: self.metrics_namespace}
+
+    @property
+    def handler_settings(self) -> handler_config.HandlerSettings:
+        """The handler's settings as the container will parse them."""
+        return handler_config.HandlerSettings.from_env(self.container_env)
 
 
 @dataclass(frozen=True)
@@ -216,32 +231,6 @@ class ApiSettings:
         _require(self.throttle_rate > 0, "api_throttle_rate", "must be positive")
         _in_range("api_throttle_burst", self.throttle_burst, 1, 5000)
         _require(self.quota_per_day > 0, "api_quota_per_day", "must be positive")
-
-
-@dataclass(frozen=True)
-class AlarmSettings:
-    """Alarm thresholds; percentages are per instance, per GPU or of invocations."""
-
-    email: str = ""
-    error_5xx_rate_pct: float = 1.0
-    error_4xx_rate_pct: float = 10.0
-    model_latency_p90_ms: float = 20_000.0
-    overhead_latency_p90_ms: float = 500.0
-    model_setup_time_s: float = 900.0
-    gpu_memory_pct: float = 95.0
-    disk_pct: float = 85.0
-    cpu_pct: float = 90.0
-    memory_pct: float = 90.0
-    api_5xx_rate_pct: float = 1.0
-    api_latency_p90_ms: float = 25_000.0
-
-    def __post_init__(self) -> None:
-        _require(self.email == "" or "@" in self.email, "alarm_email", f"not an address: {self.email!r}")
-        for key in ("error_5xx_rate_pct", "error_4xx_rate_pct", "gpu_memory_pct", "disk_pct", "cpu_pct",
-                    "memory_pct", "api_5xx_rate_pct"):
-            _in_range(f"alarm_{key}", getattr(self, key), 0.01, 100)
-        for key in ("model_latency_p90_ms", "overhead_latency_p90_ms", "model_setup_time_s", "api_latency_p90_ms"):
-            _require(getattr(self, key) > 0, f"alarm_{key}", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -309,6 +298,7 @@ class DeploymentSettings:
             f"time_budget_s ({budget:g}) must be below api_timeout_s ({self.api.timeout_s}) so a caller "
             "gets the partial answer, not a gateway timeout",
         )
+        check_alarms_can_fire(self.alarms, self.endpoint.handler_settings)
         self._check_mode()
 
     def _check_mode(self) -> None:
@@ -391,6 +381,7 @@ def _build(read: ContextReader) -> DeploymentSettings:
         deploy_bake_s=read.integer("deploy_bake_s", 600),
         network_isolation=read.text("network_isolation", "auto").lower(),
         mode=read.text("endpoint_mode", VARIANT).lower(),
+        metrics_namespace=read.text("metrics_namespace", handler_metrics.DEFAULT_NAMESPACE),
     )
     to_zero = read.boolean("scale_to_zero", False)
     scaling = ScalingSettings(
@@ -452,7 +443,9 @@ def _handler_env(values: Mapping[str, Any], base_model: str, api_timeout_s: int)
     """Container environment from ``handler`` context (HandlerSettings field names), validated by the handler.
 
     The generation time budget defaults to 4 s under the API timeout, so a long generation returns what it
-    has (``finish_reason`` ``time_limit``) before API Gateway gives up with a 504.
+    has (``finish_reason`` ``time_limit``) before API Gateway gives up with a 504. The metrics' endpoint and
+    namespace are the stack's (``EndpointSettings.container_env``): set here too, they are refused, since the
+    dashboard and alarms would look for the metrics under other names.
     """
     env: dict[str, str] = {}
     for name, value in values.items():
@@ -460,6 +453,7 @@ def _handler_env(values: Mapping[str, Any], base_model: str, api_timeout_s: int)
             var = handler_config.env_var(name)
         except KeyError:
             raise ContextError("handler", f"unknown handler setting {name!r}") from None
+        check_handler_setting(name)
         env[var] = str(value).lower() if isinstance(value, bool) else str(value)
     if base_model:
         env[handler_config.ENV_BASE_MODEL] = base_model

@@ -11,17 +11,20 @@ from constructs import Construct
 from cdk.components.api import InferenceApi
 from cdk.components.autoscaling import CopyAutoscaling, VariantAutoscaling
 from cdk.components.bucket import ArtifactsBucket, ModelArtifact
+from cdk.components.container_logs import ContainerLogGroups
+from cdk.components.dashboard import OperationsDashboard
 from cdk.components.endpoint import VARIANT_NAME, ModelEndpoint
 from cdk.components.execution_role import ADAPTERS_PREFIX, grant_component_access
 from cdk.components.inference_components import InferenceComponents
-from cdk.components.observability import AlertTopic, ApiAlarms, EndpointAlarms, OperationsDashboard
+from cdk.components.llm_metrics import LlmMetrics
+from cdk.components.observability import AlertTopic, ApiAlarms, EndpointAlarms
 from cdk.endpoint_modes import COMPONENTS, SERVERLESS, VARIANT
 from cdk.settings import DeploymentSettings
 
 
 class LoraEndpointStack(Stack):
-    """Artifacts bucket -> alarms -> endpoint (rolls back on those alarms) -> inference components ->
-    autoscaling -> API -> dashboard."""
+    """Artifacts bucket -> alarms -> container log groups -> endpoint (rolls back on those alarms) ->
+    inference components -> autoscaling -> API -> dashboard."""
 
     def __init__(self, scope: Construct, construct_id: str, *, settings: DeploymentSettings, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -46,10 +49,21 @@ class LoraEndpointStack(Stack):
             instance_dims=variant_dims, instance_type=None if mode == SERVERLESS else ep.instance_type,
             topic=topic.topic,
         )
+        llm = LlmMetrics(
+            self, "LlmMetrics", settings=settings.alarms, namespace=ep.metrics_namespace,
+            endpoint_name=ep.endpoint_name, topic=topic.topic,
+        ) if ep.handler_settings.metrics != "off" else None
+        # SageMaker writes the container's output (and the handler's metric records) here: created first.
+        container_logs = ContainerLogGroups(
+            self, "ContainerLogs", endpoint_name=ep.endpoint_name,
+            component_names=[settings.base_component] if mode == COMPONENTS else [],
+            retention_days=settings.log_retention_days, removal_policy=removal,
+        )
         endpoint = ModelEndpoint(
             self, "Endpoint", deployment=settings, artifact=model, bucket=artifacts.bucket,
             kms_key=kms_key, rollback_alarms=endpoint_alarms.rollback_alarms,
         )
+        endpoint.endpoint.node.add_dependency(container_logs.endpoint)
         if mode == VARIANT:
             VariantAutoscaling(
                 self, "Autoscaling", settings=settings.scaling, endpoint_name=endpoint.endpoint_name,
@@ -60,6 +74,7 @@ class LoraEndpointStack(Stack):
                 self, "Components", settings=settings.components, name=settings.base_component, endpoint=endpoint,
                 rollback_alarms=endpoint_alarms.rollback_alarms,
             )
+            components.base.node.add_dependency(container_logs.components[components.name])
             grant_component_access(
                 endpoint.policy, component_name=components.name, adapters=settings.components.adapters,
                 bucket=artifacts.bucket,
@@ -79,7 +94,8 @@ class LoraEndpointStack(Stack):
             stage=settings.api.stage_name, topic=topic.topic,
         )
         dashboard = OperationsDashboard(
-            self, "Operations", name=f"{ep.endpoint_name}-{self.region}", endpoint=endpoint_alarms, api=api_alarms
+            self, "Operations", name=f"{ep.endpoint_name}-{self.region}", endpoint=endpoint_alarms, api=api_alarms,
+            llm=llm,
         )
 
         CfnOutput(self, "EndpointName", value=endpoint.endpoint.attr_endpoint_name)

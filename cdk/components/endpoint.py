@@ -84,7 +84,7 @@ class ModelEndpoint(Construct):
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
                 image=image.uri(stack.region, stack.url_suffix),
                 mode="SingleModel",
-                environment={**settings.handler_env, **(TOOLKIT_ENV if serverless else {})},
+                environment={**settings.container_env, **(TOOLKIT_ENV if serverless else {})},
                 **artifact.container_model_data(),
             ),
             vpc_config=self._vpc_config(settings),

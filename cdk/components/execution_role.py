@@ -11,6 +11,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk.components.bucket import ModelArtifact
+from cdk.components.container_logs import COMPONENT_LOGS, ENDPOINT_LOGS
 from cdk.components.images import FRAMEWORK as LMI_FRAMEWORK
 from cdk.components.images import ImageTable
 from cdk.components.nag import acknowledge_wildcard_resource, skip_checkov
@@ -41,7 +42,7 @@ def execution_role(
         ),
         description=f"SageMaker execution role for endpoint {endpoint_name}",
     )
-    log_group = f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:/aws/sagemaker/Endpoints/"
+    log_group = f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:{ENDPOINT_LOGS}"
     log_streams = f"{log_group}{endpoint_name}:log-stream:*"
     base_model = settings.effective_base_model
     base_bucket, _, prefix = base_model[len("s3://") :].partition("/")
@@ -156,7 +157,7 @@ def grant_component_access(
     """
     stack = Stack.of(policy)
     log_group = (f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:"
-                 f"/aws/sagemaker/InferenceComponents/{component_name}")
+                 f"{COMPONENT_LOGS}{component_name}")
     runtime_adapters = bucket.arn_for_objects(f"{ADAPTERS_PREFIX}*")
     policy.add_statements(
         iam.PolicyStatement(

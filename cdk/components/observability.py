@@ -1,4 +1,5 @@
-"""Alarms, the alert topic and the operations dashboard.
+"""Alarms on the endpoint's and the API's AWS metrics, and the alert topic (the dashboard: ``dashboard``;
+alarms on the handler's own metrics: ``llm_metrics``).
 
 Treat-missing-data, on purpose:
 - request-driven metrics (error rates, latencies, setup time) are only published when there is traffic,
@@ -27,9 +28,10 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
 from constructs import Construct
 
+from cdk.metrics_settings import ALARM_PERIOD_S
 from cdk.settings import AlarmSettings, instance_gpus, instance_vcpus
 
-PERIOD = Duration.minutes(5)
+PERIOD = Duration.seconds(ALARM_PERIOD_S)
 SAGEMAKER = "AWS/SageMaker"
 INSTANCE_NS = "/aws/sagemaker/Endpoints"
 NOT_BREACHING = cw.TreatMissingData.NOT_BREACHING
@@ -65,16 +67,22 @@ class AlertTopic(Construct):
 
 
 @dataclass(frozen=True)
-class _Spec:
+class AlarmSpec:
+    """One alarm: it breaches when ``datapoints`` of the last ``periods`` periods are above ``threshold``."""
+
     key: str
     description: str
     metric: cw.IMetric
     threshold: float
     missing: cw.TreatMissingData
+    periods: int = 3
+    datapoints: int = 2
 
 
-def _metric(namespace: str, name: str, dims: dict[str, str], statistic: str) -> cw.Metric:
-    return cw.Metric(namespace=namespace, metric_name=name, dimensions_map=dims, statistic=statistic, period=PERIOD)
+def metric(namespace: str, name: str, dims: Mapping[str, str], statistic: str) -> cw.Metric:
+    """``name`` in ``namespace`` with ``dims``, at the alarms' period."""
+    return cw.Metric(namespace=namespace, metric_name=name, dimensions_map=dict(dims), statistic=statistic,
+                     period=PERIOD)
 
 
 def _rate(errors: cw.IMetric, total: cw.IMetric, label: str, name: str) -> cw.MathExpression:
@@ -107,44 +115,44 @@ class EndpointAlarms(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         dims, instance = dict(invocation_dims), dict(instance_dims)
-        invocations = _metric(SAGEMAKER, "Invocations", dims, "Sum")
+        invocations = metric(SAGEMAKER, "Invocations", dims, "Sum")
         self.metrics: dict[str, cw.IMetric] = {
             "invocations": invocations,
-            "model_latency": _metric(SAGEMAKER, "ModelLatency", dims, "p90"),
-            "overhead_latency": _metric(SAGEMAKER, "OverheadLatency", dims, "p90"),
+            "model_latency": metric(SAGEMAKER, "ModelLatency", dims, "p90"),
+            "overhead_latency": metric(SAGEMAKER, "OverheadLatency", dims, "p90"),
         }
         if instance_type is not None:
-            self.metrics["gpu_utilization"] = _metric(INSTANCE_NS, "GPUUtilization", instance, "Average")
+            self.metrics["gpu_utilization"] = metric(INSTANCE_NS, "GPUUtilization", instance, "Average")
         gpus = instance_gpus(instance_type) if instance_type is not None else 0
         vcpus = instance_vcpus(instance_type) if instance_type is not None else 0
         specs = [
-            _Spec("error_5xx_rate", f"Invocation 5XX errors above {settings.error_5xx_rate_pct}% of requests",
-                  _rate(_metric(SAGEMAKER, "Invocation5XXErrors", dims, "Sum"), invocations, "5XX %", "ep5xx"),
+            AlarmSpec("error_5xx_rate", f"Invocation 5XX errors above {settings.error_5xx_rate_pct}% of requests",
+                  _rate(metric(SAGEMAKER, "Invocation5XXErrors", dims, "Sum"), invocations, "5XX %", "ep5xx"),
                   settings.error_5xx_rate_pct, NOT_BREACHING),
-            _Spec("error_4xx_rate", f"Invocation 4XX errors above {settings.error_4xx_rate_pct}% of requests",
-                  _rate(_metric(SAGEMAKER, "Invocation4XXErrors", dims, "Sum"), invocations, "4XX %", "ep4xx"),
+            AlarmSpec("error_4xx_rate", f"Invocation 4XX errors above {settings.error_4xx_rate_pct}% of requests",
+                  _rate(metric(SAGEMAKER, "Invocation4XXErrors", dims, "Sum"), invocations, "4XX %", "ep4xx"),
                   settings.error_4xx_rate_pct, NOT_BREACHING),
             # ModelLatency / OverheadLatency / ModelSetupTime are in microseconds.
-            _Spec("model_latency_p90", f"ModelLatency p90 above {settings.model_latency_p90_ms} ms",
+            AlarmSpec("model_latency_p90", f"ModelLatency p90 above {settings.model_latency_p90_ms} ms",
                   self.metrics["model_latency"], settings.model_latency_p90_ms * 1000, NOT_BREACHING),
-            _Spec("overhead_latency_p90", f"OverheadLatency p90 above {settings.overhead_latency_p90_ms} ms",
+            AlarmSpec("overhead_latency_p90", f"OverheadLatency p90 above {settings.overhead_latency_p90_ms} ms",
                   self.metrics["overhead_latency"], settings.overhead_latency_p90_ms * 1000, NOT_BREACHING),
-            _Spec("model_setup_time", f"ModelSetupTime above {settings.model_setup_time_s} s",
-                  _metric(SAGEMAKER, "ModelSetupTime", dims, "Maximum"), settings.model_setup_time_s * 1e6,
+            AlarmSpec("model_setup_time", f"ModelSetupTime above {settings.model_setup_time_s} s",
+                  metric(SAGEMAKER, "ModelSetupTime", dims, "Maximum"), settings.model_setup_time_s * 1e6,
                   NOT_BREACHING),
             # Instance metrics are summed over devices: per-GPU / per-vCPU thresholds times the count.
-            _Spec("gpu_memory", f"GPU memory above {settings.gpu_memory_pct}% per GPU",
-                  _metric(INSTANCE_NS, "GPUMemoryUtilization", instance, "Maximum"),
+            AlarmSpec("gpu_memory", f"GPU memory above {settings.gpu_memory_pct}% per GPU",
+                  metric(INSTANCE_NS, "GPUMemoryUtilization", instance, "Maximum"),
                   settings.gpu_memory_pct * gpus, IGNORE) if gpus else None,
-            _Spec("disk", f"Disk above {settings.disk_pct}%",
-                  _metric(INSTANCE_NS, "DiskUtilization", instance, "Maximum"), settings.disk_pct, IGNORE),
-            _Spec("cpu", f"CPU above {settings.cpu_pct}% of all vCPUs",
-                  _metric(INSTANCE_NS, "CPUUtilization", instance, "Average"),
+            AlarmSpec("disk", f"Disk above {settings.disk_pct}%",
+                  metric(INSTANCE_NS, "DiskUtilization", instance, "Maximum"), settings.disk_pct, IGNORE),
+            AlarmSpec("cpu", f"CPU above {settings.cpu_pct}% of all vCPUs",
+                  metric(INSTANCE_NS, "CPUUtilization", instance, "Average"),
                   settings.cpu_pct * vcpus, IGNORE) if vcpus else None,
-            _Spec("memory", f"Memory above {settings.memory_pct}%",
-                  _metric(INSTANCE_NS, "MemoryUtilization", instance, "Average"), settings.memory_pct, IGNORE),
+            AlarmSpec("memory", f"Memory above {settings.memory_pct}%",
+                  metric(INSTANCE_NS, "MemoryUtilization", instance, "Average"), settings.memory_pct, IGNORE),
         ]
-        self.alarms = {spec.key: _alarm(self, spec, topic, subject) for spec in specs if spec is not None}
+        self.alarms = {spec.key: topic_alarm(self, spec, topic, subject) for spec in specs if spec is not None}
         self.rollback_alarms = [self.alarms[k] for k in ("error_5xx_rate", "model_latency_p90")]
 
 
@@ -158,66 +166,34 @@ class ApiAlarms(Construct):
         super().__init__(scope, construct_id)
         dims = {"ApiName": api_name, "Stage": stage}
         self.metrics: dict[str, cw.IMetric] = {
-            "count": _metric("AWS/ApiGateway", "Count", dims, "Sum"),
-            "latency": _metric("AWS/ApiGateway", "Latency", dims, "p90"),
-            "4xx": _metric("AWS/ApiGateway", "4XXError", dims, "Sum"),
-            "5xx": _metric("AWS/ApiGateway", "5XXError", dims, "Sum"),
+            "count": metric("AWS/ApiGateway", "Count", dims, "Sum"),
+            "latency": metric("AWS/ApiGateway", "Latency", dims, "p90"),
+            "4xx": metric("AWS/ApiGateway", "4XXError", dims, "Sum"),
+            "5xx": metric("AWS/ApiGateway", "5XXError", dims, "Sum"),
         }
         specs = [
-            _Spec("api_5xx_rate", f"API 5XX above {settings.api_5xx_rate_pct}% of requests",
+            AlarmSpec("api_5xx_rate", f"API 5XX above {settings.api_5xx_rate_pct}% of requests",
                   _rate(self.metrics["5xx"], self.metrics["count"], "API 5XX %", "api5xx"), settings.api_5xx_rate_pct,
                   NOT_BREACHING),
-            _Spec("api_latency_p90", f"API latency p90 above {settings.api_latency_p90_ms} ms",
+            AlarmSpec("api_latency_p90", f"API latency p90 above {settings.api_latency_p90_ms} ms",
                   self.metrics["latency"], settings.api_latency_p90_ms, NOT_BREACHING),
         ]
-        self.alarms = {spec.key: _alarm(self, spec, topic, api_name) for spec in specs}
+        self.alarms = {spec.key: topic_alarm(self, spec, topic, api_name) for spec in specs}
 
 
-def _alarm(scope: Construct, spec: _Spec, topic: sns.ITopic, subject: str) -> cw.Alarm:
+def topic_alarm(scope: Construct, spec: AlarmSpec, topic: sns.ITopic, subject: str) -> cw.Alarm:
+    """The alarm of ``spec`` in ``scope``; it tells ``topic`` when it goes to ALARM and back to OK."""
     alarm = cw.Alarm(
         scope,
         spec.key.title().replace("_", ""),
         alarm_description=f"{subject}: {spec.description}",
         metric=spec.metric,
         threshold=spec.threshold,
-        evaluation_periods=3,
-        datapoints_to_alarm=2,
+        evaluation_periods=spec.periods,
+        datapoints_to_alarm=spec.datapoints,
         comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
         treat_missing_data=spec.missing,
     )
     alarm.add_alarm_action(cw_actions.SnsAction(topic))
     alarm.add_ok_action(cw_actions.SnsAction(topic))
     return alarm
-
-
-class OperationsDashboard(Construct):
-    """One dashboard: traffic, errors, latency, instances, API, alarm states."""
-
-    def __init__(
-        self, scope: Construct, construct_id: str, *, name: str, endpoint: EndpointAlarms, api: ApiAlarms
-    ) -> None:
-        super().__init__(scope, construct_id)
-        ea, aa = endpoint.alarms, api.alarms
-
-        def graph(title: str, *metrics: cw.IMetric) -> cw.GraphWidget:
-            return cw.GraphWidget(title=title, left=list(metrics), width=8)
-
-        self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=name)
-        self.dashboard.add_widgets(
-            graph("Invocations", endpoint.metrics["invocations"], api.metrics["count"]),
-            graph("Endpoint error rates (%)", ea["error_5xx_rate"].metric, ea["error_4xx_rate"].metric),
-            graph("Latency p90 (us)", endpoint.metrics["model_latency"], endpoint.metrics["overhead_latency"]),
-        )
-        host = [ea[key].metric for key in ("cpu", "memory", "disk") if key in ea]
-        self.dashboard.add_widgets(
-            # Serverless endpoints have no GPU (and no GPU metrics).
-            *([graph("GPU", endpoint.metrics["gpu_utilization"], ea["gpu_memory"].metric)] if "gpu_memory" in ea
-              else []),
-            graph("CPU / memory / disk" if "cpu" in ea else "Memory / disk", *host),
-            graph("Model setup time (us)", ea["model_setup_time"].metric),
-        )
-        self.dashboard.add_widgets(
-            graph("API errors", api.metrics["4xx"], api.metrics["5xx"]),
-            graph("API latency p90 (ms)", aa["api_latency_p90"].metric),
-            cw.AlarmStatusWidget(title="Alarms", alarms=[*ea.values(), *aa.values()], width=8),
-        )

@@ -217,7 +217,7 @@ def test_gateway_written_bodies_keep_fixed_json_headers(default_template: Templa
 
 
 def _access_logs(template: Template) -> tuple[dict, dict]:
-    (group,) = resources(template, "AWS::Logs::LogGroup").values()
+    (group,) = [g for k, g in resources(template, "AWS::Logs::LogGroup").items() if k.startswith("ApiAccessLogs")]
     keys = resources(template, "AWS::KMS::Key")
     return group, keys[group["Properties"]["KmsKeyId"]["Fn::GetAtt"][0]]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from aws_cdk.assertions import Template
 
 from handler import config as handler_config
@@ -62,6 +63,8 @@ def test_model_uses_the_pinned_lmi_image_and_handler_env() -> None:
         handler_config.ENV_DTYPE: "bfloat16",
         handler_config.ENV_MAX_NEW_TOKENS: "2048",
         handler_config.ENV_TIME_BUDGET_S: "25",
+        handler_config.ENV_METRICS_ENDPOINT: "lora-endpoint",
+        handler_config.ENV_METRICS_NAMESPACE: "LoraEndpoint",
     }
     assert container["Mode"] == "SingleModel"
 
@@ -116,3 +119,20 @@ def test_data_capture_is_encrypted_with_the_customer_key() -> None:
     template = synth({"data_capture_percent": 5, "kms_key_arn": KEY_ARN})
     assert only(template, "AWS::SageMaker::EndpointConfig")["DataCaptureConfig"]["KmsKeyId"] == KEY_ARN
     assert {"kms:Encrypt", "kms:GenerateDataKey"} <= set(_execution_statements(template)["UseCustomerKey"]["Action"])
+
+
+@pytest.mark.parametrize("context", [
+    {},
+    {"endpoint_mode": "inference_components", "adapter_components": [
+        {"name": "sql", "artifact_url": "s3://adapters/sql/v1.tar.gz"}]},
+    {"endpoint_mode": "serverless", "model_size_mb": 900},
+], ids=["variant", "inference_components", "serverless"])
+def test_the_container_publishes_its_metrics_under_the_endpoints_name(context: dict) -> None:
+    # GIVEN a named endpoint with its own metrics namespace, in each endpoint mode
+    template = synth({**context, "endpoint_name": "chat", "metrics_namespace": "Team/LLM"})
+    # THEN the one model container (with inference components, the base's, which the adapters share) names the
+    # endpoint, not a component, as the metrics' Endpoint dimension, and the namespace the dashboard reads
+    env = only(template, "AWS::SageMaker::Model")["PrimaryContainer"]["Environment"]
+    assert env[handler_config.ENV_METRICS_ENDPOINT] == "chat"
+    assert env[handler_config.ENV_METRICS_NAMESPACE] == "Team/LLM"
+    assert handler_config.HandlerSettings.from_env(env).metrics_endpoint == "chat"

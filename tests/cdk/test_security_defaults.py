@@ -34,7 +34,7 @@ def test_every_service_principal_in_a_key_policy_is_bound_to_this_account(
 ) -> None:
     template = default_template if which == "defaults" else every_option
     statements = _service_statements(template)
-    assert len(statements) == 2  # the alarm topic's key and the access logs' key
+    assert len(statements) == 3  # the alarm topic's key, the access logs' key and the container logs' key
     for key_id, statement in statements:
         conditioned = {name for test in statement.get("Condition", {}).values() for name in test}
         assert conditioned & set(SOURCE_KEYS), (key_id, statement)

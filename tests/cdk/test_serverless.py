@@ -58,6 +58,8 @@ def test_model_runs_the_hf_cpu_container_with_the_packages_inference_py() -> Non
         "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
         handler_config.ENV_DTYPE: "float32",
         handler_config.ENV_TIME_BUDGET_S: "25",
+        handler_config.ENV_METRICS_ENDPOINT: "lora-endpoint",
+        handler_config.ENV_METRICS_NAMESPACE: "LoraEndpoint",
     }
     # Serverless does not support network isolation: off, and said so.
     assert model["EnableNetworkIsolation"] is False

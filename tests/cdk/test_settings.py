@@ -42,6 +42,18 @@ REPO = Path(__file__).resolve().parents[2]
         ({"log_retention_days": 10}, "log_retention_days", "retentions"),
         ({"base_model": "s3://bucket"}, "base_model", "key prefix"),
         ({"endpoint_mode": "lambda"}, "endpoint_mode", "must be one of variant, inference_components, serverless"),
+        ({"metrics_namespace": "AWS/SageMaker"}, "metrics_namespace", "not AWS/"),
+        ({"metrics_namespace": "Lora Endpoint"}, "metrics_namespace", "no spaces"),
+        ({"metrics_namespace": ":Lora"}, "metrics_namespace", "not starting with ':'"),
+        ({"metrics_namespace": "x" * 256}, "metrics_namespace", "1-255"),
+        ({"handler": {"metrics_namespace": "Other"}}, "handler", "use the context key metrics_namespace"),
+        ({"handler": {"metrics_endpoint": "other"}}, "handler", "the endpoint's name (endpoint_name)"),
+        ({"alarm_ttft_p90_ms": 0}, "alarm_ttft_p90_ms", "must be positive"),
+        ({"alarm_queue_depth": -1}, "alarm_queue_depth", "must be positive"),
+        ({"alarm_overload_errors": -1}, "alarm_overload_errors", "must be 0 (alarm on any) or more"),
+        ({"alarm_queue_depth": 256}, "alarm_queue_depth", "below the handler's max_queue (256)"),
+        ({"handler": {"max_queue": 16}}, "alarm_queue_depth", "below the handler's max_queue (16)"),
+        ({"handler": {"metrics_interval_s": 300}}, "handler", "metrics_interval_s (300) must be at most 150 s"),
     ],
 )
 def test_bad_context_names_the_key(context: dict[str, object], key: str, fragment: str) -> None:
@@ -148,6 +160,14 @@ def test_defaults() -> None:
     assert settings.image_uri == "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.38.0-lmi29.0.0-cu130"
     # The generation budget sits under the API timeout by default.
     assert settings.endpoint.handler_env == {handler_config.ENV_TIME_BUDGET_S: "25"}
+
+
+def test_metric_checks_lift_with_the_handlers_metrics_off() -> None:
+    settings = DeploymentSettings.from_mapping({"handler": {"metrics": "off", "max_queue": 16,
+                                                            "metrics_interval_s": 600}})
+    assert settings.endpoint.handler_settings.metrics == "off"
+    below = DeploymentSettings.from_mapping({"alarm_queue_depth": 8, "handler": {"max_queue": 16}})
+    assert below.alarms.queue_depth == 8
 
 
 def test_cli_strings_are_coerced() -> None:
