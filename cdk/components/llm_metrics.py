@@ -40,9 +40,10 @@ from constructs import Construct
 from cdk.components.observability import NOT_BREACHING, PERIOD, AlarmSpec, metric, topic_alarm
 from cdk.settings import AlarmSettings
 from handler import metrics as catalog
+from handler.errors import ModelOverloaded
 
-OVERLOADED = "model_overloaded"
-"""``handler.errors.ModelOverloaded.code``: the engine's queue is full (429)."""
+OVERLOADED = ModelOverloaded.code
+"""The error type of a 429 from the handler: the engine's queue is full."""
 
 
 class LlmMetrics(Construct):
