@@ -177,3 +177,27 @@ def test_local_output_defaults_yield_to_the_environment_and_the_package() -> Non
     # so does the package's option
     destination = LOCAL_SETTINGS["telemetry_destination"]
     assert with_local_settings({"metrics": "emf"}, {}) == {"metrics": "emf", "telemetry_destination": destination}
+
+
+def test_serve_local_gives_the_init_call_the_local_output_defaults(tiny_model_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import scripts.local_server.app as app_module
+    from scripts import serve_local
+
+    # GIVEN a server that never runs, and a user who set the destination but not LORA_METRICS
+    seen: dict[str, str] = {}
+    real = app_module.create_app
+
+    def capture(served: ServedModel, **kwargs: Any) -> Any:
+        seen.update(served.init_properties)
+        return real(served, **kwargs)
+
+    monkeypatch.setattr(app_module, "create_app", capture)
+    monkeypatch.setattr(app_module.DrainingServer, "run", lambda self, sockets=None: None)
+    monkeypatch.setattr(serve_local.signal, "signal", lambda *args: None)
+    monkeypatch.delenv("LORA_METRICS", raising=False)
+    monkeypatch.setenv("LORA_TELEMETRY_DESTINATION", "stderr")
+    # WHEN the serve command starts
+    assert serve_local.main([str(tiny_model_dir)]) == 0
+    # THEN the init call turns EMF off and leaves the user's destination alone
+    assert seen["metrics"] == "off" and "telemetry_destination" not in seen
