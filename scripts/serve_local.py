@@ -11,7 +11,10 @@ unless ``--allow-no-manifest``. Routes: the container contract
 (``GET /ping``, ``POST /invocations``), the SageMaker runtime API (boto3 with
 ``endpoint_url=http://127.0.0.1:PORT``), the API Gateway routes (``/predict``, ``/rag``,
 ``/v1/chat/completions``, ``/health``, ``/model/info``), the adapter routes (``POST /adapters``,
-``DELETE /adapters/{name}``, ``GET /v1/models``) and ``/docs``.
+``DELETE /adapters/{name}``, ``GET /v1/models``), the local routes (``GET /local/stats``, ``GET /metrics``:
+Prometheus' text format) and ``/docs``. The handler writes one JSON line per request to stdout
+(``LORA_REQUEST_LOG``); locally ``LORA_METRICS`` defaults to ``off`` (no CloudWatch EMF metadata in those
+lines) and ``LORA_TELEMETRY_DESTINATION`` to ``stdout``, unless the environment or the package sets them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -57,7 +61,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog="DJL's mode comes from the package's serving.properties (option.async_mode); a plain model dir is "
                "served in async mode unless --djl-mode sync. Sync-mode batching defaults come from serving.properties "
                "(batch_size, max_batch_delay); a plain model dir in sync mode batches up to 8 requests within "
-               "50 ms. Stop with Ctrl-C: in-flight requests are answered first.",
+               "50 ms. GET /metrics serves Prometheus metrics. The handler writes one JSON line per request to "
+               "stdout (LORA_REQUEST_LOG=false: none); here LORA_METRICS defaults to off (no CloudWatch EMF "
+               "metadata; LORA_METRICS=emf adds it) and LORA_TELEMETRY_DESTINATION to stdout, unless the "
+               "environment or the package sets them. "
+               "Stop with Ctrl-C: in-flight requests are answered first.",
     )
     parser.add_argument("package", help="model.tar.gz, extracted package dir, or plain model dir")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
@@ -132,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from scripts.local_server.app import DrainingServer, create_app
+    from scripts.local_server.metrics import with_local_settings
     from scripts.local_server.package import PackageError, ServedModel, resolve
 
     try:
@@ -150,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.djl_mode is not None:
         spec = dataclasses.replace(spec, async_mode=args.djl_mode == "async")
+    # the init call's properties: the local output defaults where neither package nor environment sets them
+    spec = dataclasses.replace(spec, init_properties=with_local_settings(spec.init_properties, os.environ))
     try:
         served = ServedModel.from_spec(spec)  # model.py is imported here
     except PackageError as err:  # no handle, or one that does not match the DJL mode

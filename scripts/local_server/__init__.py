@@ -20,8 +20,10 @@ adapter_registry.py
                    and which inference component names are adapters
 adapter_routes.py  POST /adapters, DELETE /adapters/{name} (SageMaker's container standard), .../update
                    (DJL), GET /v1/models (OpenAI / vLLM)
+metrics.py         GET /metrics: the handler's metric catalog in Prometheus' text format (a telemetry
+                   sink for requests, the engine read at scrape time); the local telemetry defaults
 app.py             FastAPI app factory: container contract (/ping, /invocations), JSON errors, lifespan,
-                   /local/stats, DrainingServer
+                   /local/stats, /metrics, DrainingServer
 ```
 """
 

@@ -1,7 +1,7 @@
 """The FastAPI app: the container contract (``GET /ping``, ``POST /invocations``), the SageMaker runtime
 API, the API Gateway routes and the adapter routes, all answered through the entry module (``handle()``,
 ``register_adapter()`` ...) and DJL's frontend for the package's mode (``async_frontend`` or the sync
-``batcher``).
+``batcher``); and the local routes, ``GET /local/stats`` and ``GET /metrics`` (Prometheus, see ``metrics``).
 
 The model loads once the server is up (the async init call on the server's loop, the sync one on a
 worker thread): ``/ping`` answers 503 until the init call has succeeded, 200 after. Every body is read
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 from handler.errors import error_body, internal_error_body
 
-from . import DEFAULT_ENDPOINT_NAME, adapter_routes, api_routes, base_component_name, runtime_api
+from . import DEFAULT_ENDPOINT_NAME, adapter_routes, api_routes, base_component_name, metrics, runtime_api
 from .adapter_registry import AdapterRegistry
 from .async_frontend import AsyncFrontend
 from .batcher import Batcher
@@ -61,6 +61,8 @@ def create_app(
         served.handle, served.djl, batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
     state = EndpointState(served, frontend, endpoint_name, drain_timeout_s=drain_timeout_s)
     adapters = AdapterRegistry(state, base_component=base_component or base_component_name(endpoint_name))
+    prometheus = metrics.PrometheusMetrics(served)
+    served.when_ready(prometheus.attach)  # before the first request is let in, so every request counts
 
     async def load() -> None:
         try:
@@ -93,6 +95,7 @@ def create_app(
     )
     app.state.endpoint = state
     app.state.adapters = adapters
+    app.state.metrics = prometheus
     app.add_middleware(BodyLimits, max_bytes=max_body_bytes, timeout_s=body_timeout_s)
 
     @app.exception_handler(HTTPException)
@@ -136,6 +139,12 @@ def create_app(
         if batches is not None:
             body["batcher"] = batches
         return JSONResponse(body)
+
+    @app.get("/metrics", tags=["local"], response_class=Response,
+             summary="Prometheus metrics (text format): requests, tokens, latencies, errors, engine gauges; "
+                     "answers while the model loads")
+    async def prometheus_metrics() -> Response:
+        return Response(prometheus.exposition(), media_type=metrics.CONTENT_TYPE)
 
     app.include_router(runtime_api.router(state, adapters))
     app.include_router(api_routes.router(state))

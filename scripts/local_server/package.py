@@ -223,6 +223,8 @@ class ServedModel:
     function_suffix: str = ""
     """Appended to those names: ``_sync`` where a plain model dir is served by ``handler.entry`` in sync mode,
     as ``handle_sync`` is its sync ``handle``."""
+    _on_ready: list[Callable[[], object]] = field(default_factory=list, init=False, repr=False)
+    _ready_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def from_spec(cls, spec: PackageSpec) -> ServedModel:
@@ -282,18 +284,44 @@ class ServedModel:
             err = PackageError(f"the init call answered {code}")
             self._fail(err)
             raise err
-        self.ready.set()
+        with self._ready_lock:
+            for callback in self._on_ready:
+                _run_hook(callback)
+            self.ready.set()
+
+    def when_ready(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` once the init call has succeeded (at once if it has): on the loading thread, just
+        before ``ready`` is set, so no request is answered before it has run. A failing callback is logged."""
+        with self._ready_lock:
+            if not self.ready.is_set():
+                self._on_ready.append(callback)
+                return
+        _run_hook(callback)
 
     def _fail(self, err: BaseException) -> None:
         self.failed = self.failed or str(err) or type(err).__name__
 
+    def handler_function(self, name: str) -> Callable[..., Any] | None:
+        """A function of the module defining ``handle``: ``handler.entry`` for this repository's handler, a
+        package's ``model.py`` included (it imports ``handle`` from there); None for a foreign ``model.py``.
+        ``engine_stats`` here, and ``add_telemetry_sink`` / ``telemetry_snapshot`` for ``/metrics``."""
+        module = sys.modules.get(getattr(self.handle, "__module__", "") or "")
+        function = getattr(module, name, None)
+        return function if callable(function) else None
+
     def engine_stats(self) -> dict[str, Any] | None:
         """The continuous-batching engine's counters when the served handler is this repository's and
-        has started one (a foreign ``model.py`` has none)."""
-        module = sys.modules.get(getattr(self.handle, "__module__", "") or "")
-        stats = getattr(module, "engine_stats", None)  # handler.entry's (a foreign model.py has none)
-        result = stats() if callable(stats) else None
+        has started one."""
+        stats = self.handler_function("engine_stats")
+        result = stats() if stats is not None else None
         return result if isinstance(result, dict) else None
+
+
+def _run_hook(callback: Callable[[], object]) -> None:
+    try:
+        callback()
+    except Exception:  # what runs when the model is ready must not fail the load
+        log.exception("a model-ready callback failed")
 
 
 def _check_mode(handle: Callable[[Any], Any], spec: PackageSpec) -> None:
