@@ -8,7 +8,8 @@ Stdlib only: the CDK app imports this module.
 Dimensions stay bounded, so an endpoint cannot create metrics without limit (CloudWatch bills each
 metric, Prometheus keeps each series): ``Endpoint`` (one value per deployment), ``Adapter`` (the
 adapters named in ``LORA_METRICS_ADAPTERS``, else the ``LORA_METRICS_TOP_ADAPTERS`` busiest; every
-other adapter counts as ``other``, the base model as ``base``) and ``ErrorType`` (the error codes of
+other adapter counts as ``other``, the base model as ``base``, a request that failed before its adapter
+was known - an unknown one, a body that does not parse - as ``none``) and ``ErrorType`` (the error codes of
 ``errors``, a closed set).
 """
 
@@ -26,6 +27,7 @@ DIM_ERROR_TYPE = "ErrorType"
 BASE_LABEL = "base"  # a request for the base model (no adapter)
 OTHER_LABEL = "other"  # an adapter outside the bounded set
 MIXED_LABEL = "mixed"  # one request whose rows name different adapters
+NONE_LABEL = "none"  # a request that failed before its adapters were resolved (unparsable, unknown adapter)
 
 # Request metrics: one value per request, with dimension sets [Endpoint] and [Endpoint, Adapter].
 REQUEST = "request"

@@ -59,7 +59,7 @@ class Trace:
         self.started = time.monotonic() if started is None else started
         self.kind = ""
         self.stream = False
-        self.adapters: tuple[str | None, ...] = ()
+        self.adapters: tuple[str | None, ...] | None = None  # None until the rows are known
         self.prompt_tokens = 0
         self.rows = 0
         self.handle: Any = None  # the engine's Handle: first/last token times, tokens, finish reasons
@@ -156,8 +156,10 @@ class Telemetry:
         record: Record = {
             "event": REQUEST_EVENT, "request_id": trace.request_id, "kind": trace.kind, "stream": trace.stream,
             "status": status, "error_type": error_type, "rows": trace.rows,
-            "adapters": sorted({a for a in trace.adapters if a is not None}),
-            metrics.DIM_ENDPOINT: self.endpoint, metrics.DIM_ADAPTER: self.labels.label(trace.adapters),
+            "adapters": sorted({a for a in trace.adapters or () if a is not None}),
+            metrics.DIM_ENDPOINT: self.endpoint,
+            # An adapter a request named but that is not served is never a label: labels stay bounded.
+            metrics.DIM_ADAPTER: metrics.NONE_LABEL if trace.adapters is None else self.labels.label(trace.adapters),
             "Requests": 1, "PromptTokens": trace.prompt_tokens, "EndToEndLatency": _ms(now - trace.started),
         }
         if error_type is not None:

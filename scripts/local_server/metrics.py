@@ -4,7 +4,7 @@ Every catalog metric keeps its ``prometheus`` name and ``prometheus_type``; noth
 Request metrics come from the handler's request records: ``PrometheusMetrics.record`` is a telemetry
 sink, added through the served handler's ``add_telemetry_sink`` once the model is ready, so counters and
 histograms move with traffic. Latencies are histograms in seconds (the records carry milliseconds).
-Labels stay bounded: ``adapter`` (the record's ``Adapter`` label: an adapter's name, ``base``, ``other``
+Labels stay bounded: ``adapter`` (the record's ``Adapter`` label: an adapter's name, ``base``, ``other``, ``none``
 or ``mixed``; see ``handler.metrics.AdapterLabels``); on the request counter also ``kind`` and
 ``status`` (the HTTP status the handler answered); on the error counter ``error_type`` only (the error
 body's type, a closed set).

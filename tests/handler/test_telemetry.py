@@ -102,6 +102,7 @@ def test_every_record_is_emf_with_the_catalog_names_and_units(served: Path) -> N
     # AND an error counts under its type, with no figure it does not have
     assert unknown["status"] == 404 and unknown["ErrorType"] == "unknown_adapter" and unknown["Errors"] == 1
     assert "TimeToFirstToken" not in unknown and broken["ErrorType"] == "invalid_request"
+    assert unknown["Adapter"] == broken["Adapter"] == metrics.NONE_LABEL and unknown["adapters"] == []
     error_directives = [d for d in unknown["_aws"]["CloudWatchMetrics"] if ["Endpoint", "ErrorType"] in d["Dimensions"]]
     assert [m["Name"] for d in error_directives for m in d["Metrics"]] == ["Errors"]
     # AND the engine record has every engine metric
