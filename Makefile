@@ -10,7 +10,7 @@ COMPAT_NEWEST := transformers==4.57.6 peft==0.17.1
 COMPAT_OLDEST := transformers==4.45.2 peft==0.13.2
 # What the handler's tests need besides transformers / peft (not the project's extras: no CDK, no servers).
 COMPAT_DEPS := "accelerate>=0.34" "safetensors>=0.4" "jinja2>=3.1" "pytest>=8" "pytest-timeout>=2.3" \
-	"boto3>=1.35" "moto[s3]>=5.0"
+	"boto3>=1.35" "moto[s3]>=5.0" "jsonschema>=4.20"
 # The handler's tests there, and a package built by .venv (transformers 5) served there.
 compat_tests = LORA_BUILD_PYTHON="$(abspath $(PY))" $(1)/bin/python -m pytest -q tests/handler tests/compat \
 	-m "not slow and not gpu and not e2e"
