@@ -81,15 +81,22 @@ def package_base_model(model_data: ModelData) -> str:
 
     Only local packages can be read at synth time; for model data in S3 this returns ``""``.
     """
+    return (package_options(model_data) or {}).get(BASE_OPTION, "")
+
+
+def package_options(model_data: ModelData) -> dict[str, str] | None:
+    """The ``option.*`` values of a local package's ``serving.properties`` (which win over the environment in
+    the container); None where synth cannot know them: model data in S3, or an archive whose bundled
+    ``base/`` comes before ``serving.properties`` (not decompressed at every synth) - then only that it
+    names no ``base_model`` is known, which ``package_base_model`` reads as ``""``."""
     if model_data.kind is ModelDataKind.LOCAL_FOLDER:
-        options = handler_config.serving_options(Path(model_data.path) / _SERVING_PROPERTIES)
-        return options.get(BASE_OPTION, "")
+        return handler_config.serving_options(Path(model_data.path) / _SERVING_PROPERTIES)
     if model_data.kind is ModelDataKind.LOCAL_ARCHIVE:
-        return _archive_base_model(Path(model_data.path))
-    return ""
+        return _archive_options(Path(model_data.path))
+    return None
 
 
-def _archive_base_model(path: Path) -> str:
+def _archive_options(path: Path) -> dict[str, str] | None:
     """Stream the archive up to ``serving.properties``, or stop at ``base/``.
 
     The packager sorts members, so ``base/`` (a bundled base, and then no ``option.base_model``) comes first
@@ -100,14 +107,14 @@ def _archive_base_model(path: Path) -> str:
             for member in tar:
                 name = member.name.removeprefix("./")
                 if name == "base" or name.startswith("base/"):
-                    return ""
+                    return None
                 if name == _SERVING_PROPERTIES and member.isfile():
                     handle = tar.extractfile(member)
                     data = handle.read(1 << 20) if handle is not None else b""
                     with tempfile.TemporaryDirectory() as tmp:
                         copy = Path(tmp) / _SERVING_PROPERTIES
                         copy.write_bytes(data)
-                        return handler_config.serving_options(copy).get(BASE_OPTION, "")
+                        return handler_config.serving_options(copy)
     except (tarfile.TarError, OSError, EOFError):
-        return ""  # not a readable package: SageMaker refuses it at load; nothing to decide from here
-    return ""
+        return None  # not a readable package: SageMaker refuses it at load; nothing to decide from here
+    return {}

@@ -33,7 +33,7 @@ from cdk.errors import require as _require
 from cdk.metrics_settings import AlarmSettings, check_alarms_can_fire, check_handler_setting, check_namespace
 from cdk.model_data import ModelData, parse_model_data
 from cdk.network_isolation import SETTINGS as NETWORK_ISOLATION
-from cdk.network_isolation import NetworkIsolation, decide, package_base_model
+from cdk.network_isolation import NetworkIsolation, decide, package_base_model, package_options
 from handler import config as handler_config
 from handler import metrics as handler_metrics
 
@@ -143,6 +143,7 @@ class EndpointSettings:
         _require(self.network_isolation in NETWORK_ISOLATION, "network_isolation",
                  f"must be one of {', '.join(NETWORK_ISOLATION)}, got {self.network_isolation!r}")
         check_namespace(self.metrics_namespace)
+        _check_one_owner(self.handler_env, package_options(self.model_data))
         # Frozen dataclass: derived fields are set once here.
         base = (package_base_model(self.model_data) or self.handler_env.get(handler_config.ENV_BASE_MODEL, "")
                 or self.base_model)
@@ -437,6 +438,22 @@ def _build(read: ContextReader) -> DeploymentSettings:
         package_source=package_source,
         given=frozenset(key for key in MODE_KEYS if read.given(key)),
     )
+
+
+def _check_one_owner(handler_env: Mapping[str, str], options: Mapping[str, str] | None) -> None:
+    """Refuse a handler setting the package fixes otherwise: its ``option.*`` wins over the environment in
+    the container (DJL hands options to the handler over the environment), so the context value would be
+    ignored - and for the base model, the execution role would be granted another model than the one that
+    loads. Where synth cannot read the package (S3), the package's values win without a check."""
+    for var, value in sorted(handler_env.items()):
+        name = var.removeprefix(handler_config.ENV_PREFIX).lower()
+        fixed = (options or {}).get(name)
+        if fixed is None or fixed.strip().lower() == value.strip().lower():
+            continue
+        key = "base_model" if var == handler_config.ENV_BASE_MODEL else "handler"
+        raise ContextError(key, f"{name}={value!r} would be ignored: the package's serving.properties sets "
+                                f"option.{name}={fixed!r}, which wins in the container; rebuild the package with "
+                                f"the value you want (lora-package build) or leave {name} out of the context")
 
 
 def _handler_env(values: Mapping[str, Any], base_model: str, api_timeout_s: int) -> dict[str, str]:

@@ -136,3 +136,24 @@ def test_local_archives_are_read_up_to_serving_properties_or_base(tmp_path: Path
 def test_run_directly_the_app_prints_the_warning(tmp_path: Path) -> None:
     app, _ = make_stack({"base_model": "gpt2"}, outdir=str(tmp_path))
     assert any(w.startswith("network isolation is off: base model 'gpt2'") for w in warnings(app.synth()))
+
+
+def test_a_setting_the_package_fixes_is_refused_in_the_context(tmp_path: Path) -> None:
+    from cdk.errors import ContextError
+
+    # GIVEN a package built with --dtype bfloat16 and a hub base (its options win over the environment)
+    serving = "engine=Python\noption.dtype=bfloat16\noption.base_model=meta-llama/Llama-3.1-8B\n"
+    folder = _package_folder(tmp_path / "pkg", serving)
+    archive = _package_archive(tmp_path / "pkg.tar.gz", {"handler/x.py": b"", "serving.properties": serving.encode()})
+    for model_data in (str(folder), str(archive)):
+        # THEN a context that sets them otherwise fails synth, naming the key, instead of being ignored
+        with pytest.raises(ContextError, match=r"'handler'.*dtype='float16' would be ignored.*option.dtype='bfloat16'"):
+            DeploymentSettings.from_mapping({"model_data": model_data, "handler": {"dtype": "float16"}})
+        with pytest.raises(ContextError, match=r"'base_model'.*option.base_model='meta-llama/Llama-3.1-8B'"):
+            DeploymentSettings.from_mapping({"model_data": model_data, "base_model": "s3://other/base/"})
+        # AND the same values, and settings the package leaves open, are fine
+        settings = DeploymentSettings.from_mapping({"model_data": model_data, "handler": {
+            "dtype": "bfloat16", "max_queue": 64}}).endpoint
+        assert settings.effective_base_model == "meta-llama/Llama-3.1-8B"
+    # AND model data in S3 cannot be read at synth: nothing to check there
+    DeploymentSettings.from_mapping({"model_data": "s3://bucket/pkg/", "handler": {"dtype": "float16"}})
