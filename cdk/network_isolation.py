@@ -76,19 +76,11 @@ def decide(setting: str, base_reference: str) -> NetworkIsolation:
                                    "off the network")
 
 
-def package_base_model(model_data: ModelData) -> str:
-    """The base the package itself names (``option.base_model``, which wins over ``LORA_BASE_MODEL``).
-
-    Only local packages can be read at synth time; for model data in S3 this returns ``""``.
-    """
-    return (package_options(model_data) or {}).get(BASE_OPTION, "")
-
-
 def package_options(model_data: ModelData) -> dict[str, str] | None:
     """The ``option.*`` values of a local package's ``serving.properties`` (which win over the environment in
     the container); None where synth cannot know them: model data in S3, or an archive whose bundled
     ``base/`` comes before ``serving.properties`` (not decompressed at every synth) - then only that it
-    names no ``base_model`` is known, which ``package_base_model`` reads as ``""``."""
+    names no ``base_model`` (its base is the bundled one) is known."""
     if model_data.kind is ModelDataKind.LOCAL_FOLDER:
         return handler_config.serving_options(Path(model_data.path) / _SERVING_PROPERTIES)
     if model_data.kind is ModelDataKind.LOCAL_ARCHIVE:

@@ -32,8 +32,8 @@ from cdk.errors import in_range as _in_range
 from cdk.errors import require as _require
 from cdk.metrics_settings import AlarmSettings, check_alarms_can_fire, check_handler_setting, check_namespace
 from cdk.model_data import ModelData, parse_model_data
+from cdk.network_isolation import BASE_OPTION, NetworkIsolation, decide, package_options
 from cdk.network_isolation import SETTINGS as NETWORK_ISOLATION
-from cdk.network_isolation import NetworkIsolation, decide, package_base_model, package_options
 from handler import config as handler_config
 from handler import metrics as handler_metrics
 
@@ -143,9 +143,10 @@ class EndpointSettings:
         _require(self.network_isolation in NETWORK_ISOLATION, "network_isolation",
                  f"must be one of {', '.join(NETWORK_ISOLATION)}, got {self.network_isolation!r}")
         check_namespace(self.metrics_namespace)
-        _check_one_owner(self.handler_env, package_options(self.model_data))
+        options = package_options(self.model_data)  # read once: an archive is streamed to find them
+        _check_one_owner(self.handler_env, options)
         # Frozen dataclass: derived fields are set once here.
-        base = (package_base_model(self.model_data) or self.handler_env.get(handler_config.ENV_BASE_MODEL, "")
+        base = ((options or {}).get(BASE_OPTION, "") or self.handler_env.get(handler_config.ENV_BASE_MODEL, "")
                 or self.base_model)
         if base.startswith("s3://"):
             _require(

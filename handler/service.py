@@ -53,13 +53,17 @@ def hold(lm: LoadedModel, prepared: Prepared, deadline: float | None) -> Lease:
 
 
 def submit(lm: LoadedModel, prepared: Prepared, lease: Lease, *, deadline: float | None,
-           loop: asyncio.AbstractEventLoop | None = None) -> Handle:
-    """Submit the rows; the lease ends when the engine is done with them (or now, if submitting fails)."""
+           loop: asyncio.AbstractEventLoop | None = None, trace: Trace | None = None) -> Handle:
+    """Submit the rows; the lease ends when the engine is done with them (or now, if submitting fails).
+    ``trace`` gets the handle, whose counters its record reads."""
     try:
-        return engine_for(lm).submit(prepared.rows, deadline=deadline, loop=loop, on_release=lease.release)
+        handle = engine_for(lm).submit(prepared.rows, deadline=deadline, loop=loop, on_release=lease.release)
     except BaseException:
         lease.release()
         raise
+    if trace is not None:
+        trace.handle = handle
+    return handle
 
 
 def prepare_held(lm: LoadedModel, request: Any, deadline: float | None,
@@ -69,12 +73,6 @@ def prepare_held(lm: LoadedModel, request: Any, deadline: float | None,
     if trace is not None:
         trace.prepared(lm, prepared)
     return prepared, hold(lm, prepared, deadline)
-
-
-def _traced(handle: Handle, trace: Trace | None) -> Handle:
-    if trace is not None:
-        trace.handle = handle
-    return handle
 
 
 def run(lm: LoadedModel, requests: Sequence[Any], traces: Sequence[Trace | None] | None = None) -> list[Any]:
@@ -94,7 +92,7 @@ def run(lm: LoadedModel, requests: Sequence[Any], traces: Sequence[Trace | None]
                 answers[index] = kinds.info.render(lm)
                 continue
             prepared, lease = prepare_held(lm, request, deadline, trace)
-            handle = _traced(submit(lm, prepared, lease, deadline=deadline), trace)
+            handle = submit(lm, prepared, lease, deadline=deadline, trace=trace)
             submitted.append((index, prepared, handle))
         except HandlerError as err:
             answers[index] = err
@@ -121,7 +119,7 @@ async def arun(lm: LoadedModel, request: Any, trace: Trace | None = None) -> Any
         return kinds.info.render(lm)
     deadline = deadline_for(lm)
     prepared, lease = await asyncio.to_thread(prepare_held, lm, request, deadline, trace)
-    handle = _traced(submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop()), trace)
+    handle = submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop(), trace=trace)
     results = await handle.aresults()
     if any(r.finish_reason == ERROR for r in results):
         raise GenerationFailed()

@@ -46,10 +46,7 @@ def stream(lm: LoadedModel, request: Any, trace: Trace | None = None) -> Iterato
     is filled in, and ended when the stream ends (the caller ends it if this raises)."""
     deadline = deadline_for(lm)
     prepared, lease = prepare_held(lm, request, deadline, trace)
-    handle = submit(lm, prepared, lease, deadline=deadline)
-    if trace is not None:
-        trace.handle = handle
-    steps = handle.steps()
+    steps = submit(lm, prepared, lease, deadline=deadline, trace=trace).steps()
     try:
         first = _first(next(steps, None))  # the prefill and the first token
     except BaseException:
@@ -96,10 +93,7 @@ async def astream(lm: LoadedModel, request: Any, trace: Trace | None = None) -> 
     engine's steps arrive on this loop. Prefill errors raise on the first ``__anext__``."""
     deadline = deadline_for(lm)
     prepared, lease = await asyncio.to_thread(prepare_held, lm, request, deadline, trace)
-    handle = submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop())
-    if trace is not None:
-        trace.handle = handle
-    steps = handle.asteps()
+    steps = submit(lm, prepared, lease, deadline=deadline, loop=asyncio.get_running_loop(), trace=trace).asteps()
     try:
         first = _first(await anext(steps, None))
     except BaseException:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from . import metrics
-from .config import HandlerSettings
+from .config import ENV_TELEMETRY_DESTINATION, HandlerSettings, SettingsError
 from .errors import HandlerError
 
 log = logging.getLogger("lora_endpoint.handler")
@@ -290,6 +290,10 @@ def emf(record: Record, namespace: str, *, timestamp_ms: int | None = None) -> R
     return {"_aws": {"Timestamp": stamp, "CloudWatchMetrics": directives}, **record}
 
 
+_METRIC_FIELDS = frozenset({"event", metrics.DIM_ENDPOINT, metrics.DIM_ADAPTER, metrics.DIM_ERROR_TYPE,
+                            *metrics.BY_NAME})
+
+
 class RecordWriter:
     """A sink writing each record as one JSON line (with EMF metadata when ``with_emf``)."""
 
@@ -301,10 +305,11 @@ class RecordWriter:
         self._lock = threading.Lock()
 
     def __call__(self, record: Record) -> None:
-        if record.get("event") == REQUEST_EVENT and not (self._requests or self._with_emf):
-            return
         if record.get("event") == ENGINE_EVENT and not self._with_emf:
             return
+        if record.get("event") == REQUEST_EVENT and not self._requests:
+            # LORA_REQUEST_LOG=false with metrics on: the figures and their dimensions only, no request details.
+            record = {k: v for k, v in record.items() if k in _METRIC_FIELDS}
         line = json.dumps(emf(record, self._namespace) if self._with_emf else record, ensure_ascii=False,
                           separators=(",", ":"), default=str)
         with self._lock:  # one line at a time: lines from many threads never interleave
@@ -355,7 +360,11 @@ def _open(destination: str, *, under_model_server: bool) -> IO[str]:
             except OSError as err:
                 log.warning("cannot write to the container's stdout (%s): records go to this process's stdout", err)
         return sys.stdout
-    return open(destination, "a", encoding="utf-8", buffering=1)
+    try:
+        return open(destination, "a", encoding="utf-8", buffering=1)
+    except OSError as err:
+        raise SettingsError(f"{ENV_TELEMETRY_DESTINATION}: cannot write to {destination!r} "
+                            f"({err.strerror or err}); use stdout, stderr, auto or a writable file") from None
 
 
 def writer_for(settings: HandlerSettings, *, under_model_server: bool) -> RecordWriter | None:

@@ -230,3 +230,22 @@ def test_the_engine_record_timer_ends_with_its_model() -> None:
     gc.collect()
     hub._thread.join(5)
     assert not hub._thread.is_alive()  # the timer held the model only weakly, and stopped
+
+
+def test_metrics_without_request_logs_keep_only_the_figures(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    writer = telemetry.RecordWriter(stream, namespace="ns", with_emf=True, requests=False)
+    writer({"event": "request", "request_id": "r-1", "adapters": ["alpha"], "status": 404, "Endpoint": "e",
+            "Adapter": "none", "ErrorType": "unknown_adapter", "Requests": 1, "Errors": 1, "EndToEndLatency": 2.0})
+    record = json.loads(stream.getvalue())
+    check_emf(record)
+    assert set(record) == {"_aws", "event", "Endpoint", "Adapter", "ErrorType", "Requests", "Errors",
+                           "EndToEndLatency"}
+
+
+def test_a_destination_that_cannot_be_written_is_a_settings_error(tmp_path: Path) -> None:
+    from handler.config import SettingsError
+
+    settings = HandlerSettings(telemetry_destination=str(tmp_path / "missing" / "records.jsonl"))
+    with pytest.raises(SettingsError, match="LORA_TELEMETRY_DESTINATION: cannot write to"):
+        telemetry.writer_for(settings, under_model_server=True)
