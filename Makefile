@@ -12,7 +12,7 @@ COMPAT_OLDEST := transformers==4.45.2 peft==0.13.2
 COMPAT_DEPS := "accelerate>=0.34" "safetensors>=0.4" "jinja2>=3.1" "pytest>=8" "pytest-timeout>=2.3" \
 	"boto3>=1.35" "moto[s3]>=5.0" "jsonschema>=4.20"
 # The handler's tests there, and a package built by .venv (transformers 5) served there.
-compat_tests = LORA_BUILD_PYTHON="$(abspath $(PY))" $(1)/bin/python -m pytest -q tests/handler tests/compat \
+compat_tests = LORA_BUILD_PYTHON="$(abspath $(PY))" $(1)/bin/python -m pytest -q tests/contract tests/handler tests/compat \
 	-m "not slow and not gpu and not e2e"
 
 .PHONY: all venv vllm-venv test test-all test-compat test-compat-oldest test-vllm lint typecheck demo synth checkov \
@@ -55,7 +55,7 @@ test-compat-oldest: venv .venv-compat-oldest/.stamp
 
 lint: venv
 	$(PY) -m ruff check .
-	$(PY) -m mypy handler model_package scripts cdk
+	$(PY) -m mypy lora_endpoint scripts cdk
 
 typecheck: lint
 

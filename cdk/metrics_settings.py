@@ -1,7 +1,8 @@
 """Alarm thresholds and the handler's metrics as the stack sees them: namespace, dimension, what it owns.
 
 The handler publishes its metrics as CloudWatch Embedded Metric Format records in its log lines
-(``handler.metrics`` is the catalog, ``handler.telemetry.emf`` the writer). The stack owns two of its
+(``lora_endpoint.contract.metrics`` is the catalog, ``lora_endpoint.handler.telemetry.emf`` the writer). The
+stack owns two of its
 settings, so the dashboard and alarms look where the metrics are: the ``Endpoint`` dimension is the
 endpoint's name and the namespace is ``metrics_namespace``. Setting either in the ``handler`` context
 as well is refused (one owner per setting), not silently overridden.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from cdk.errors import in_range
 from cdk.errors import require as _require
-from handler import config as handler_config
+from lora_endpoint.contract import settings as handler_config
 
 # CloudWatch's namespace characters (PutMetricData: 1-255, not starting with ":"), without spaces or quotes so
 # the dashboard's Metrics Insights queries can quote it; AWS/ is reserved for AWS services.

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from model_package.layout import MANIFEST
-from model_package.manifest import parse_manifest, read_manifest
+from lora_endpoint.contract.manifest import MANIFEST, parse_manifest, read_manifest
 
 DEFAULT_PREFIX = "model/"
 
@@ -93,7 +92,7 @@ def package_size(model_data: ModelData) -> int | None:
     """Bytes of a local package once unpacked, from its ``manifest.json``; None for model data in S3.
 
     A folder without a manifest is measured file by file. An archive is read only up to its first
-    member, where ``model_package`` puts the manifest: a ``ValueError`` when it is not there.
+    member, where ``lora_endpoint.packaging`` puts the manifest: a ``ValueError`` when it is not there.
     """
     if model_data.kind is ModelDataKind.LOCAL_FOLDER:
         root = Path(model_data.path)
@@ -107,7 +106,7 @@ def package_size(model_data: ModelData) -> int | None:
                 handle = tar.extractfile(first) if first is not None and first.isfile() else None
                 if first is None or first.name.removeprefix("./") != MANIFEST or handle is None:
                     raise ValueError(f"{model_data.path!r} does not start with {MANIFEST} (it was not built by "
-                                     "model_package): its size cannot be read, set model_size_mb")
+                                     "lora_endpoint.packaging): its size cannot be read, set model_size_mb")
                 return parse_manifest(handle.read()).total_bytes
         except (tarfile.TarError, OSError, EOFError) as err:
             raise ValueError(f"cannot read {model_data.path!r} as a .tar.gz ({err})") from None

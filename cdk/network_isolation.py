@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 from cdk.model_data import ModelData, ModelDataKind
-from handler import config as handler_config
+from lora_endpoint.contract import settings as handler_config
 
 SETTINGS = ("auto", "true", "false")
 BASE_OPTION = "base_model"

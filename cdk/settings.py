@@ -34,8 +34,8 @@ from cdk.metrics_settings import AlarmSettings, check_alarms_can_fire, check_han
 from cdk.model_data import ModelData, parse_model_data
 from cdk.network_isolation import BASE_OPTION, NetworkIsolation, decide, package_options
 from cdk.network_isolation import SETTINGS as NETWORK_ISOLATION
-from handler import config as handler_config
-from handler import metrics as handler_metrics
+from lora_endpoint.contract import metrics as handler_metrics
+from lora_endpoint.contract import settings as handler_config
 
 __all__ = ["AlarmSettings", "ContextError", "DeploymentSettings", "known_keys"]
 

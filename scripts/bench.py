@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from handler.config import HandlerSettings  # noqa: E402
-from handler.loading import LoadedModel, load_model  # noqa: E402
-from handler.service import run  # noqa: E402
+from lora_endpoint.contract.settings import HandlerSettings  # noqa: E402
+from lora_endpoint.handler.loading import LoadedModel, load_model  # noqa: E402
+from lora_endpoint.handler.service import run  # noqa: E402
 from scripts.bench_clients import BASE, OURS, drive, plan  # noqa: E402
 from scripts.bench_common import (  # noqa: E402
     PROMPTS,
@@ -140,7 +140,7 @@ def bench_cold_start(dirs: dict[str, Path], settings: HandlerSettings) -> dict[s
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from handler.loading import dtype_kwarg
+    from lora_endpoint.handler.loading import dtype_kwarg
 
     base_path = str(dirs["base_path"])
     start = time.perf_counter()
@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.bench_serving import main as serving_main
 
         return serving_main(args_in[1:])
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="lora-endpoint bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="small model and counts (smoke run; figures not written)")
     parser.add_argument("--new-tokens", type=positive_int, default=32, help="tokens generated per request")

@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from handler.config import HandlerSettings  # noqa: E402
-from handler.engine import engine_for  # noqa: E402
-from handler.generate import GenerateRequest  # noqa: E402
-from handler.loading import LoadedModel, load_model  # noqa: E402
-from handler.sampling import SamplingParams  # noqa: E402
-from handler.service import prepare_held, run, submit  # noqa: E402
+from lora_endpoint.contract.settings import HandlerSettings  # noqa: E402
+from lora_endpoint.handler.engine import engine_for  # noqa: E402
+from lora_endpoint.handler.generate import GenerateRequest  # noqa: E402
+from lora_endpoint.handler.loading import LoadedModel, load_model  # noqa: E402
+from lora_endpoint.handler.sampling import SamplingParams  # noqa: E402
+from lora_endpoint.handler.service import prepare_held, run, submit  # noqa: E402
 from scripts.bench_common import commit_label, load_average, machine, positive_int, write_doc  # noqa: E402
 from scripts.bench_serving import MODELS  # noqa: E402
 
@@ -209,7 +209,7 @@ def render(args: argparse.Namespace, part1: dict[str, float], part2: dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.py adapters", description=__doc__,
+    parser = argparse.ArgumentParser(prog="lora-endpoint bench adapters", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a 1-layer model and 20 adapters (a smoke run)")
     parser.add_argument("--adapters", type=positive_int, default=None, help="adapters registered (default 100)")

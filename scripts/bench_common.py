@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from handler.generate import GenerateRequest
-from handler.loading import LoadedModel
-from handler.sampling import SamplingParams
-from handler.service import run
-from handler.threads import on_own_thread
+from lora_endpoint.handler.generate import GenerateRequest
+from lora_endpoint.handler.loading import LoadedModel
+from lora_endpoint.handler.sampling import SamplingParams
+from lora_endpoint.handler.service import run
+from lora_endpoint.handler.threads import on_own_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every request runs to exactly its token count (ignore_eos): the random model's early EOS would otherwise
@@ -61,7 +61,7 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 def on_fresh_thread(fn: Callable[[], Any]) -> Any:
     """``fn()`` on a thread that ends with it: a bare-model figure taken on the main thread would leave a
-    torch thread pool there that slows every engine figure after it (handler/loading.py)."""
+    torch thread pool there that slows every engine figure after it (lora_endpoint/handler/loading.py)."""
     return on_own_thread(fn, name="bench")
 
 
@@ -152,7 +152,7 @@ def commit_label() -> str:
         return out.stdout.strip() if out.returncode == 0 else ""
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "handler", "scripts", "model_package")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "handler", "scripts", "lora_endpoint.packaging")
     return head + (" with uncommitted changes" if dirty else "")
 
 

@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from handler.config import HandlerSettings  # noqa: E402
-from handler.engine import engine_for  # noqa: E402
-from handler.generate import GenerateRequest  # noqa: E402
-from handler.loading import LoadedModel, load_model  # noqa: E402
-from handler.sampling import SamplingParams  # noqa: E402
-from handler.service import run  # noqa: E402
-from handler.streaming import stream  # noqa: E402
+from lora_endpoint.contract.settings import HandlerSettings  # noqa: E402
+from lora_endpoint.handler.engine import engine_for  # noqa: E402
+from lora_endpoint.handler.generate import GenerateRequest  # noqa: E402
+from lora_endpoint.handler.loading import LoadedModel, load_model  # noqa: E402
+from lora_endpoint.handler.sampling import SamplingParams  # noqa: E402
+from lora_endpoint.handler.service import run  # noqa: E402
+from lora_endpoint.handler.streaming import stream  # noqa: E402
 from scripts.bench_common import (  # noqa: E402
     commit_label,
     load_average,
@@ -97,7 +97,7 @@ def load(lm: LoadedModel, clients: int, tokens: int, rounds: int, mixed: bool) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.py engines", description=__doc__,
+    parser = argparse.ArgumentParser(prog="lora-endpoint bench engines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="20m", help="benchmark model (default 20m)")
     parser.add_argument("--clients", type=positive_list, default=(1, 4, 16),
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="write the table to docs/benchmarks.md")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from handler.engine_choice import available
+    from lora_endpoint.handler.engine_choice import available
 
     if not available():
         parser.error("vLLM is not installed in this Python: run it with .venv-vllm/bin/python (make vllm-venv)")

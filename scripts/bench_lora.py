@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from handler.config import HandlerSettings  # noqa: E402
-from handler.loading import BASE_ADAPTER_NAME, LoadedModel, load_model  # noqa: E402
-from handler.lora_batch import BatchedLora  # noqa: E402
+from lora_endpoint.contract.settings import HandlerSettings  # noqa: E402
+from lora_endpoint.handler.loading import BASE_ADAPTER_NAME, LoadedModel, load_model  # noqa: E402
+from lora_endpoint.handler.lora_batch import BatchedLora  # noqa: E402
 from scripts.tiny_model import BENCH_CONFIG, TinyModelConfig, build_lora_adapter, build_tiny_model  # noqa: E402
 
 QUICK = TinyModelConfig(hidden_size=64, intermediate_size=128, max_position_embeddings=512, initializer_range=0.02)
@@ -102,7 +102,7 @@ def one_round(lm: LoadedModel, route: Routing, prompt: Any, new_tokens: int) -> 
     """Seconds of the prefill, seconds of the decode steps, and the greedy tokens."""
     import torch
 
-    from handler.generation import _new_cache
+    from lora_endpoint.handler.generation import _new_cache
 
     device = lm.device
     cache = _new_cache(lm)

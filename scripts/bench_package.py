@@ -1,10 +1,10 @@
-"""Benchmark: ``model_package build`` against ``tar -czf`` on the same ~1 GB of safetensors files.
+"""Benchmark: ``lora_endpoint.packaging build`` against ``tar -czf`` on the same ~1 GB of safetensors files.
 
 Writes a base model of bf16 weights (normally distributed, like trained weights) and one adapter into
 a temporary folder, then times, in this one run and on warm page cache:
 - ``tar -czf`` of the same files (gzip level 6),
-- ``python -m model_package build`` at gzip level 6 (like for like) and at its default level 1,
-- ``python -m model_package build --format dir`` (no compression),
+- ``python -m lora_endpoint.packaging build`` at gzip level 6 (like for like) and at its default level 1,
+- ``python -m lora_endpoint.packaging build --format dir`` (no compression),
 - the default build on a quarter of the data, to show that peak memory does not grow with the input.
 
 Peak memory is the largest resident set of any process of the command (``wait4`` rusage). The
@@ -124,7 +124,7 @@ def report(runs: dict[str, Run], data_bytes: int, quarter_bytes: int, command: s
     tar, like, fast = runs["tar"], runs["6"], runs["1"]
     lines = [
         START,
-        "## Packaging: `model_package build` vs `tar -czf`",
+        "## Packaging: `lora_endpoint.packaging build` vs `tar -czf`",
         "",
         f"Command: `{command}` (inputs: {data_bytes / 2**30:.2f} GiB of bf16 safetensors shards plus one adapter,"
         " generated in a temporary folder; page cache warm for every run).",
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         data_bytes = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
         out = work / "out"
         out.mkdir()
-        build = [sys.executable, "-m", "model_package", "build", "--base-model", str(base),
+        build = [sys.executable, "-m", "lora_endpoint.packaging", "build", "--base-model", str(base),
                  "--adapter", f"bench={adapter}", "--no-progress"]
         runs = {
             "tar": timed("`tar -czf` (gzip -6)", ["tar", "-czf", str(out / "tar.tar.gz"), "-C", str(src), "."],

@@ -5,7 +5,7 @@
     python scripts/bench.py serving --quick --peer-python ...            # smoke run, nothing written
 
 For each model (Llama-shaped, head dim 64, vocab of the tokenizer made in code; 4 LoRA adapters r=16 on
-q/k/v/o) it serves the same model dir through scripts/serve_local.py and through vLLM's OpenAI server
+q/k/v/o) it serves the same model dir through lora_endpoint/commands/serve.py and through vLLM's OpenAI server
 (``--enable-lora``, the same adapters), both up at once and taking turns (so both see the same machine,
 which may be shared), and sends the same prompts: greedy, ``ignore_eos``, the same
 token count, at each client count, clients starting a few ms apart and each sending several requests in
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handler.config import HandlerSettings
-from handler.loading import load_model
+from lora_endpoint.contract.settings import HandlerSettings
+from lora_endpoint.handler.loading import load_model
 from scripts.bench_clients import BASE, OURS, VLLM, Api, drive, plan, ttft_during_stream
 from scripts.bench_common import (
     PROMPTS,
@@ -92,7 +92,7 @@ class Load:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench.py serving", description=__doc__,
+    parser = argparse.ArgumentParser(prog="lora-endpoint bench serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peer-python", help="python of a venv with vLLM (make vllm-venv: .venv-vllm/bin/python); "
                                               "without it only our side runs")

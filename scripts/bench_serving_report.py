@@ -115,7 +115,7 @@ def render(figures: dict[str, Any], command: str) -> str:
         f"Load: {load['new_tokens']} new tokens per request, greedy, `ignore_eos`; clients start "
         f"{load['stagger_s'] * 1000:.0f} ms apart and each sends {load['per_client']} request(s) in a row, round-robin "
         "over the base model and 4 adapters (r=16 on q/k/v/o, the same files on both sides). Ours: "
-        "scripts/serve_local.py in DJL async mode (the engine: continuous batching), "
+        "lora_endpoint/commands/serve.py in DJL async mode (the engine: continuous batching), "
         f"`LORA_MAX_BATCH_ROWS={load['max_rows']}`, `POST /invocations`. "
         "vLLM: its OpenAI server, `--enable-lora --max-loras 4 --max-lora-rank 16 "
         f"--max-num-seqs {load['max_rows']}`, `POST /v1/completions` with the "

@@ -1,6 +1,6 @@
 """What the metrics and request records cost: ``python scripts/bench.py telemetry [--quick] [--record]``.
 
-One model, one engine, the DJL async entry point (``handler.entry.handle`` with the local endpoint's
+One model, one engine, the DJL async entry point (``lora_endpoint.handler.entry.handle`` with the local endpoint's
 stand-in for ``djl_python``): ``--clients`` concurrent clients each send requests of ``--new-tokens``
 tokens (half for the base, half for an adapter). Runs alternate between telemetry **on** (every request
 record written as an EMF line to a file, as the container writes them to its stdout) and **off**
@@ -77,7 +77,7 @@ async def _drive(entry: Any, clients: int, requests: int, new_tokens: int) -> tu
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(STANDIN))
-    from handler import entry
+    from lora_endpoint.handler import entry
 
     with tempfile.TemporaryDirectory() as tmp:
         records = Path(tmp) / "records.jsonl"
@@ -109,7 +109,7 @@ def _record_cost(model: Any, sinks: list[Any], count: int = 5000) -> float:
     """Microseconds one request record costs on the request path: built, EMF-annotated, written."""
     from types import SimpleNamespace
 
-    from handler.telemetry import Trace
+    from lora_endpoint.handler.telemetry import Trace
 
     now = time.monotonic()
     handle = SimpleNamespace(tokens=32, finishes=["length"], cancelled=False, admitted_s=now, first_token_s=now,
@@ -152,7 +152,7 @@ def _share(figures: dict[str, Any]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.py telemetry", description=__doc__,
+    parser = argparse.ArgumentParser(prog="lora-endpoint bench telemetry", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1-layer model, 2 pairs (figures not written)")
     parser.add_argument("--clients", type=positive_int, default=16)

@@ -27,7 +27,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make ``scripts.*`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts import train_lora
+from lora_endpoint.commands import train as train_lora
 from scripts.demo_model import DEMO, QA, build_base, is_correct, questions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +84,10 @@ def free_port() -> int:
 
 
 def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    print("$ " + " ".join("python" if c == sys.executable else str(c) for c in cmd), flush=True)
+    shown = [str(c) for c in cmd]
+    if shown[:3] == [sys.executable, "-m", "lora_endpoint"]:  # what a user types: the console script
+        shown = ["lora-endpoint", *shown[3:]]
+    print("$ " + " ".join("python" if c == sys.executable else c for c in shown), flush=True)
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})}, timeout=timeout,
                           capture_output=True, text=True)
 
@@ -102,29 +105,30 @@ def pretrain_base(base: Path) -> None:
 
 def train_adapter(base: Path, adapter: Path) -> bool:
     args = ["--base-model", rel(base), "--data", rel(QA), "--output", rel(adapter), *DEMO.train_lora_args()]
-    print("$ python scripts/train_lora.py " + " ".join(args), flush=True)
+    print("$ lora-endpoint train " + " ".join(args), flush=True)
     quiet = [] if sys.stderr.isatty() else ["--no-progress"]
     return train_lora.main([*args, "--threads", "1", *quiet]) == 0
 
 
 def package(base: Path, adapter: Path, archive: Path) -> None:
-    proc = run([sys.executable, "-m", "model_package", "build", "--base-model", rel(base),
-                "--adapter", f"{ADAPTER}={rel(adapter)}", "--output", rel(archive), "--no-progress"])
+    args = ["package", "build", "--base-model", rel(base), "--adapter", f"{ADAPTER}={rel(adapter)}", "--output",
+            rel(archive), "--no-progress"]
+    proc = run([sys.executable, "-m", "lora_endpoint", *args])
     print((proc.stdout + proc.stderr).strip())
     if proc.returncode != 0:
-        raise RuntimeError(f"model_package exited {proc.returncode}")
+        raise RuntimeError(f"lora-endpoint package build exited {proc.returncode}")
 
 
 class Server:
-    """``scripts/serve_local.py`` as a child process; its log goes to a file in the work dir."""
+    """``lora-endpoint serve`` as a child process; its log goes to a file in the work dir."""
 
     def __init__(self, archive: Path, port: int, log_path: Path) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.log = log_path.open("w")
-        cmd = [sys.executable, "scripts/serve_local.py", rel(archive), "--port", str(port), "--endpoint-name",
+        cmd = [sys.executable, "-m", "lora_endpoint", "serve", rel(archive), "--port", str(port), "--endpoint-name",
                ENDPOINT, "--log-level", "warning"]
-        print("$ " + " ".join(cmd[1:]), flush=True)
+        print("$ lora-endpoint " + " ".join(cmd[3:]), flush=True)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **ONE_THREAD}, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
@@ -227,7 +231,7 @@ def stream_one(client: Any) -> bool:
 
 
 def smoke(url: str) -> bool:
-    proc = run([sys.executable, "scripts/smoke_test.py", "--endpoint-url", url, "--endpoint-name", ENDPOINT],
+    proc = run([sys.executable, "-m", "lora_endpoint", "smoke", "--endpoint-url", url, "--endpoint-name", ENDPOINT],
                env=FAKE_AWS)
     print((proc.stdout + proc.stderr).strip())
     return proc.returncode == 0
@@ -260,20 +264,22 @@ def synth(archive: Path, out: Path) -> None:
 NEXT_STEPS = """\
 Next steps for a real deployment (README: "From the demo to AWS"):
   1. Train on your data against your base model:
-       python scripts/train_lora.py --base-model ./my-base --data my-data.jsonl --output out/my-adapter
-  2. Package and upload (prints the s3:// URI to deploy):
-       python -m model_package build --base-model ./my-base --adapter mine=out/my-adapter \\
-           --upload s3://my-bucket/models/mine
-  3. Deploy (GPU quota for ml.g5.2xlarge, AWS credentials, Node.js for the CDK CLI):
-       npm ci && npx cdk bootstrap aws://ACCOUNT/us-east-1
-       npx cdk deploy -c account=ACCOUNT -c region=us-east-1 -c model_data=s3://my-bucket/models/mine/<hash>/model.tar.gz
+       lora-endpoint train --base-model ./my-base --data my-data.jsonl --output out/my-adapter
+  2. Serve it locally as the container will:
+       lora-endpoint package build --base-model ./my-base --adapter mine=out/my-adapter --output dist/model.tar.gz
+       lora-endpoint serve dist/model.tar.gz --port 8080
+  3. Package, upload and deploy in one command (GPU quota for ml.g5.2xlarge, AWS credentials, Node.js with
+     `npm ci` and `npx cdk bootstrap aws://ACCOUNT/us-east-1` once):
+       lora-endpoint deploy --base-model ./my-base --adapter mine=out/my-adapter --upload s3://my-bucket/models \\
+           -c account=ACCOUNT -c region=us-east-1
   4. Smoke-test the endpoint:
-       python scripts/smoke_test.py --endpoint-name lora-endpoint --region us-east-1
+       lora-endpoint smoke --endpoint-name lora-endpoint --region us-east-1
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="lora-endpoint demo",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".demo",
                         help="where every artifact goes; emptied first if a previous demo made it (default: .demo/)")
     parser.add_argument("--port", type=int, default=0, help="local endpoint port (default: a free one)")
@@ -297,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"lora-endpoint demo: everything goes to {rel(work)}/")
     demo.step("Build a tiny base model and pretrain it on bundled text", lambda: pretrain_base(base))
     demo.step("Train a LoRA adapter on 10 invented facts", lambda: train_adapter(base, adapter))
-    demo.step("Package base + adapter with model_package", lambda: package(base, adapter, archive))
+    demo.step("Package base + adapter (lora-endpoint package build)", lambda: package(base, adapter, archive))
     server: Server | None = None
     try:
         def start() -> None:
@@ -307,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = Server(archive, args.port or free_port(), work / "server.log")
             server.wait_ready()
 
-        demo.step("Start the local endpoint (scripts/serve_local.py)", start)
+        demo.step("Start the local endpoint (lora-endpoint serve)", start)
         client = runtime_client(server.url) if server else None
 
         def needs_server(action: Callable[[Any], bool]) -> Callable[[], bool]:
@@ -319,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         demo.step("Ask the base model and the adapter, via boto3 invoke_endpoint", needs_server(compare))
         demo.step("Stream one answer, via boto3 invoke_endpoint_with_response_stream", needs_server(stream_one))
-        demo.step("Smoke test (scripts/smoke_test.py)", needs_server(lambda _: smoke(server.url)))  # type: ignore[union-attr]
+        demo.step("Smoke test (lora-endpoint smoke)", needs_server(lambda _: smoke(server.url)))  # type: ignore[union-attr]
 
         def cdk() -> None:
             if args.skip_cdk:

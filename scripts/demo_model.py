@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_endpoint.training.data import Example, load_examples
+from lora_endpoint.training.trainer import Log, TrainConfig, TrainResult, pretrain, train_lora
 from scripts.tiny_model import TinyModelConfig, build_tiny_model, build_tokenizer
-from scripts.training import Log, TrainConfig, TrainResult, pretrain, train_lora
-from scripts.training_data import Example, load_examples
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CORPUS = DATA_DIR / "corpus.txt"
@@ -40,7 +40,7 @@ class DemoSizes:
                            learning_rate=self.lora_learning_rate, eval_split=0.0, seed=self.seed)
 
     def train_lora_args(self) -> list[str]:
-        """The same run spelled as ``scripts/train_lora.py`` options (printed by the demo)."""
+        """The same run spelled as ``lora_endpoint/commands/train.py`` options (printed by the demo)."""
         c = self.lora_config()
         return ["--epochs", str(c.epochs), "--batch-size", str(c.batch_size), "--learning-rate", str(c.learning_rate),
                 "--eval-split", "0", "--seed", str(c.seed)]

@@ -216,7 +216,7 @@ def run_handler(all_cases: list[Case], model_dir: Path, report: Report, batch: i
     from djl_python.inputs import Input, request
     from djl_python.inputs import batch as make_batch
 
-    from handler import entry
+    from lora_endpoint.handler import entry
 
     entry._runtime = entry._Runtime()
     entry.handle_sync(Input({"model_dir": str(model_dir), **SETTINGS}))
@@ -249,11 +249,11 @@ def run_handler(all_cases: list[Case], model_dir: Path, report: Report, batch: i
 
 def run_handler_async(all_cases: list[Case], model_dir: Path, report: Report) -> None:
     """Every case through the async ``handle()`` (DJL async mode), answered as DJL's frontend answers."""
-    from handler import entry
-    from scripts.local_server import async_frontend
-    from scripts.local_server.djl_io import Call
-    from scripts.local_server.package import ServedModel
-    from scripts.local_server.streaming import pump_answer
+    from lora_endpoint.handler import entry
+    from lora_endpoint.local import async_frontend
+    from lora_endpoint.local.djl_io import Call
+    from lora_endpoint.local.package import ServedModel
+    from lora_endpoint.local.streaming import pump_answer
 
     entry._runtime = entry._Runtime()
     served = ServedModel(str(model_dir), entry.handle, {"model_dir": str(model_dir), **SETTINGS}, async_mode=True)
@@ -321,9 +321,9 @@ def serve(model_dir: Path) -> tuple[str, Callable[[], None]]:
 
     import uvicorn
 
-    from handler import entry
-    from scripts.local_server.app import DrainingServer, create_app
-    from scripts.local_server.package import ServedModel, resolve
+    from lora_endpoint.handler import entry
+    from lora_endpoint.local.app import DrainingServer, create_app
+    from lora_endpoint.local.package import ServedModel, resolve
 
     entry._runtime = entry._Runtime()
     served = ServedModel.from_spec(resolve(model_dir))
@@ -356,8 +356,8 @@ def serve(model_dir: Path) -> tuple[str, Callable[[], None]]:
 
 def fuzz(count: int, seed: int, target: str, batch: int, work: Path) -> tuple[Report, float]:
     """Run ``count`` cases against ``target`` (handler, routes or both); the report and the seconds taken."""
-    from handler import entry
-    from scripts.local_server.djl_io import ensure_djl_python
+    from lora_endpoint.handler import entry
+    from lora_endpoint.local.djl_io import ensure_djl_python
 
     ensure_djl_python()
     started = time.monotonic()

@@ -2,7 +2,7 @@
 
 Tests, the demo and the benchmarks use these instead of a hub download: the loading code they
 exercise is the real one, only the weights are small and seeded. What they write is normalised for
-transformers 4.x (``model_package.compat``) unless ``portable=False`` asks for the installed
+transformers 4.x (``lora_endpoint.packaging.compat``) unless ``portable=False`` asks for the installed
 transformers' own output.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_package.compat import normalise_folder
+from lora_endpoint.packaging.compat import normalise_folder
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -174,7 +174,7 @@ def build_lora_adapter(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from handler.loading import dtype_kwarg
+    from lora_endpoint.handler.loading import dtype_kwarg
 
     out = Path(out_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, **dtype_kwarg(torch.float32))

@@ -23,8 +23,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def loaded(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     """The tiny model dir loaded by the real loader, default settings (CPU, float32)."""
-    from handler.config import HandlerSettings
-    from handler.loading import load_model
+    from lora_endpoint.contract.settings import HandlerSettings
+    from lora_endpoint.handler.loading import load_model
 
     return load_model(tiny_model_dir, HandlerSettings.from_env({}))
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from handler.contract import PASSTHROUGH_CONTAINER_STATUSES, request_schemas
+from lora_endpoint.contract.api import PASSTHROUGH_CONTAINER_STATUSES, request_schemas
 
 ERROR_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -76,7 +76,7 @@ _MODEL_ERROR = (
     "#if($original == \"507\")#set($status = 503)#end\n"
     "#set($context.responseOverride.status = $status)\n"
     # A JSON body in the project's shape passes as it is; DJL async mode's {"code", "error": "type: text"}
-    # is rewritten into that shape (handler.errors.full_error_body does the same for the local routes).
+    # is rewritten into that shape (lora_endpoint.contract.errors.full_error_body does the same for the local routes).
     "#if($message.trim().startsWith(\"{\"))#set($body = $util.parseJson($message))"
     "#if(\"$!body.type\" != \"\")$message#else"
     "#set($text = \"$!body.error\")#set($cut = $text.indexOf(\": \"))"

@@ -143,7 +143,7 @@ def vpc_policy(scope: Construct, role: iam.Role) -> iam.Policy:
 
 
 ADAPTERS_PREFIX = "adapters/"
-"""Where in the artifacts bucket adapter archives added at run time (``scripts/adapters.py``) go."""
+"""Where in the artifacts bucket adapter archives added at run time (``lora_endpoint/commands/adapters.py``) go."""
 
 
 def grant_component_access(

@@ -1,7 +1,7 @@
 """Alarms on the handler's own metrics, and the metrics and queries the dashboard draws from them.
 
 The handler writes its metrics as CloudWatch Embedded Metric Format records in its log lines
-(``handler.metrics`` is the catalog): CloudWatch Logs turns them into metrics in ``metrics_namespace``
+(``lora_endpoint.contract.metrics`` is the catalog): CloudWatch Logs turns them into metrics in ``metrics_namespace``
 with the dimension ``Endpoint`` = the endpoint's name, which the stack sets in the container's environment
 in every endpoint mode. Every container (instances, copies) writes the same ``Endpoint`` value, so
 CloudWatch aggregates them: percentiles are over all requests, Sums add up, an Average of an engine gauge
@@ -39,8 +39,8 @@ from constructs import Construct
 
 from cdk.components.observability import NOT_BREACHING, PERIOD, AlarmSpec, metric, topic_alarm
 from cdk.settings import AlarmSettings
-from handler import metrics as catalog
-from handler.errors import ModelOverloaded
+from lora_endpoint.contract import metrics as catalog
+from lora_endpoint.contract.errors import ModelOverloaded
 
 OVERLOADED = ModelOverloaded.code
 """The error type of a 429 from the handler: the engine's queue is full."""

@@ -9,7 +9,7 @@ import pytest
 from aws_cdk.assertions import Template
 
 from cdk.components import api_mapping
-from handler.contract import request_schemas, schema_errors
+from lora_endpoint.contract.api import request_schemas, schema_errors
 from tests.cdk.conftest import only, resources, synth
 
 INVOKE_ROUTES = {("POST", "predict"), ("POST", "rag"), ("POST", "completions"), ("POST", "invocations"),

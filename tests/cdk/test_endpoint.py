@@ -7,7 +7,7 @@ import json
 import pytest
 from aws_cdk.assertions import Template
 
-from handler import config as handler_config
+from lora_endpoint.contract import settings as handler_config
 from tests.cdk.conftest import only, resources, synth
 
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"

@@ -9,8 +9,8 @@ import pytest
 from aws_cdk.assertions import Template
 
 from cdk.components.llm_metrics import OVERLOADED
-from handler import config as handler_config
-from handler import errors, metrics
+from lora_endpoint.contract import errors, metrics
+from lora_endpoint.contract import settings as handler_config
 from tests.cdk.conftest import only, resources, synth
 
 ENDPOINT = [{"Name": "Endpoint", "Value": "lora-endpoint"}]

@@ -125,7 +125,8 @@ def test_a_local_package_that_names_a_hub_base_is_seen(tmp_path: Path) -> None:
 
 def test_local_archives_are_read_up_to_serving_properties_or_base(tmp_path: Path) -> None:
     options = b"engine=Python\noption.base_model=s3://bases/llama/\n"
-    named = _package_archive(tmp_path / "named.tar.gz", {"handler/x.py": b"", "serving.properties": options})
+    named = _package_archive(tmp_path / "named.tar.gz", {"lora_endpoint/handler/x.py": b"",
+                                                                "serving.properties": options})
     bundled = _package_archive(tmp_path / "bundled.tar.gz", {"base/config.json": b"{}", "serving.properties": options})
     assert DeploymentSettings.from_mapping({"model_data": str(named)}).endpoint.effective_base_model == (
         "s3://bases/llama/")
@@ -144,7 +145,8 @@ def test_a_setting_the_package_fixes_is_refused_in_the_context(tmp_path: Path) -
     # GIVEN a package built with --dtype bfloat16 and a hub base (its options win over the environment)
     serving = "engine=Python\noption.dtype=bfloat16\noption.base_model=meta-llama/Llama-3.1-8B\n"
     folder = _package_folder(tmp_path / "pkg", serving)
-    archive = _package_archive(tmp_path / "pkg.tar.gz", {"handler/x.py": b"", "serving.properties": serving.encode()})
+    archive = _package_archive(tmp_path / "pkg.tar.gz", {"lora_endpoint/handler/x.py": b"",
+                                                              "serving.properties": serving.encode()})
     for model_data in (str(folder), str(archive)):
         # THEN a context that sets them otherwise fails synth, naming the key, instead of being ignored
         with pytest.raises(ContextError, match=r"'handler'.*dtype='float16' would be ignored.*option.dtype='bfloat16'"):

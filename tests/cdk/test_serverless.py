@@ -14,7 +14,7 @@ from aws_cdk.assertions import Template
 from cdk.app import warnings
 from cdk.components.endpoint import SERVERLESS_COST
 from cdk.settings import ContextError, DeploymentSettings
-from handler import config as handler_config
+from lora_endpoint.contract import settings as handler_config
 from tests.cdk.conftest import make_stack, only, resources, synth
 
 SERVERLESS = {"endpoint_mode": "serverless", "model_size_mb": 900}

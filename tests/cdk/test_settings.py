@@ -12,7 +12,8 @@ import pytest
 
 from cdk.model_data import ModelDataKind
 from cdk.settings import ContextError, DeploymentSettings, known_keys
-from handler import config as handler_config
+from lora_endpoint.contract import settings as handler_config
+from tests.docs import doc
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -203,7 +204,7 @@ def test_model_data_kinds(tmp_path: Path) -> None:
 
 def test_known_keys_cover_every_documented_key() -> None:
     keys = known_keys()
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = doc("deploy")
     for key in ("model_data", "instance_type", "min_capacity", "max_capacity", "region", "account", "api_auth",
                 "alarm_email", "alarm_error_5xx_rate_pct", "handler", "scaling_metric", "network_isolation",
                 "endpoint_mode", "scale_to_zero", "copy_count", "min_copies", "max_copies", "ic_accelerators",

@@ -2,7 +2,7 @@
 
 ``python -m tests.compat.probe OUT`` (run with the main venv's python, transformers 5) writes bases and
 adapters exactly as transformers 5 / peft save them (not normalised), builds a package from them with
-``model_package build`` into ``OUT/package``, serves it the way the local endpoint does (the package's
+``lora_endpoint.packaging build`` into ``OUT/package``, serves it the way the local endpoint does (the package's
 own ``model.py``, DJL's init call, DJL Inputs, its async mode) and records every answer in ``OUT/expected.json``. The
 compat tier (transformers 4.x) serves the same package with :func:`ask` and compares.
 """
@@ -49,7 +49,7 @@ def make_sources(root: Path) -> tuple[Path, dict[str, Path]]:
 
 def build_package(root: Path) -> Path:
     """Sources under ``root/src``, the package (a tree) at ``root/package``."""
-    from model_package import BuildOptions, build
+    from lora_endpoint.packaging import BuildOptions, build
 
     base, adapters = make_sources(root / "src")
     options = BuildOptions(base_model=str(base), adapters=tuple(adapters.items()), output=root / "package",
@@ -87,9 +87,9 @@ def ask(package: Path) -> dict[str, Any]:
 
     import transformers
 
-    from scripts.local_server import async_frontend, djl_io
-    from scripts.local_server.package import ServedModel, resolve
-    from scripts.local_server.streaming import pump_answer
+    from lora_endpoint.local import async_frontend, djl_io
+    from lora_endpoint.local.package import ServedModel, resolve
+    from lora_endpoint.local.streaming import pump_answer
 
     served = ServedModel.from_spec(resolve(package))
     served.load()

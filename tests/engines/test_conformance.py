@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from handler.config import HandlerSettings
-from handler.errors import HandlerError, ModelOverloaded, UnknownAdapter
-from handler.generate import GenerateRequest
-from handler.loading import LoadedModel, load_model
-from handler.sampling import SamplingParams
-from handler.service import run
-from handler.streaming import stream
+from lora_endpoint.contract.errors import HandlerError, ModelOverloaded, UnknownAdapter
+from lora_endpoint.contract.settings import HandlerSettings
+from lora_endpoint.handler.generate import GenerateRequest
+from lora_endpoint.handler.loading import LoadedModel, load_model
+from lora_endpoint.handler.sampling import SamplingParams
+from lora_endpoint.handler.service import run
+from lora_endpoint.handler.streaming import stream
 
 ENGINES = [e.strip() for e in os.environ.get("LORA_TEST_ENGINES", "transformers").split(",") if e.strip()]
 PROMPTS = ("The quick brown fox", "Hello world, this is")
@@ -117,7 +117,7 @@ def test_an_adapter_registered_at_run_time_answers_and_goes(lm: LoadedModel, mod
 
 
 def test_the_time_budget_ends_generation_with_time_limit(lm: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    import handler.service as service
+    import lora_endpoint.handler.service as service
 
     monkeypatch.setattr(service, "deadline_for", lambda _lm: 0.0)  # already passed
     answer = _generate(lm, max_new_tokens=50)
@@ -125,8 +125,8 @@ def test_the_time_budget_ends_generation_with_time_limit(lm: LoadedModel, monkey
 
 
 def test_past_rows_and_queue_the_endpoint_answers_429(lm: LoadedModel) -> None:
-    from handler.engine import engine_for
-    from handler.generation import Row
+    from lora_endpoint.handler.engine import engine_for
+    from lora_endpoint.handler.generation import Row
 
     engine = engine_for(lm)
     ids = tuple(lm.tokenizer(PROMPTS[1]).input_ids)
@@ -184,7 +184,7 @@ def test_concurrent_requests_each_get_their_own_answer(lm: LoadedModel) -> None:
 
 
 def test_model_info_names_the_engine_and_why(lm: LoadedModel) -> None:
-    from handler.info import render
+    from lora_endpoint.handler.info import render
 
     info = render(lm)
     assert info["engine"]["name"] == lm.engine_kind and info["engine"]["reason"].startswith("LORA_ENGINE=")
@@ -193,7 +193,7 @@ def test_model_info_names_the_engine_and_why(lm: LoadedModel) -> None:
 
 
 def test_a_request_record_has_the_engine_figures(lm: LoadedModel) -> None:
-    from handler.telemetry import Trace
+    from lora_endpoint.handler.telemetry import Trace
 
     trace = Trace("conformance")
     request = GenerateRequest(inputs=(PROMPTS[0],), adapters=("alpha",), params=SamplingParams(

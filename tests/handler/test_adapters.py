@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from handler.adapter_weights import check_adapter_weights, module_weight_shapes
-from handler.adapters import AdapterError, check_unmerged, discover_adapters, read_adapter, validate_adapter_name
+from lora_endpoint.handler.adapter_weights import check_adapter_weights, module_weight_shapes
+from lora_endpoint.handler.adapters import (
+    AdapterError,
+    check_unmerged,
+    discover_adapters,
+    read_adapter,
+    validate_adapter_name,
+)
 
 
 def test_discovers_real_adapters(tiny_model_dir: Path) -> None:
@@ -150,9 +156,9 @@ def test_every_value_of_every_floating_tensor_is_scanned(
     import torch
     from safetensors.torch import load_file, save_file
 
-    import handler.adapter_weights
+    import lora_endpoint.handler.adapter_weights
 
-    monkeypatch.setattr(handler.adapter_weights, "SCAN_CHUNK", 8)  # 2 rows of 4 per read: many chunks
+    monkeypatch.setattr(lora_endpoint.handler.adapter_weights, "SCAN_CHUNK", 8)  # 2 rows of 4 per read: many chunks
     last_row_nan = torch.zeros(9, 4)
     last_row_nan[8, 3] = float("nan")
     extra = {
@@ -179,7 +185,7 @@ def test_conv1d_bases_and_fan_in_fan_out_are_sized_as_peft_sizes_them(loaded, ti
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from handler.adapter_weights import tensor_shapes
+    from lora_endpoint.handler.adapter_weights import tensor_shapes
 
     # GIVEN a GPT-2 base (transformers' Conv1D stores weights as in x out) and a real adapter for it
     GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(

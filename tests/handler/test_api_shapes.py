@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from handler import entry
+from lora_endpoint.handler import entry
 
 
 @pytest.fixture
@@ -199,7 +199,7 @@ def test_time_budget_ends_a_long_request_with_time_limit(djl, tiny_model_dir, mo
     entry.handle_sync(Input({"model_dir": str(tiny_model_dir), "time_budget_s": "0.3", "max_new_tokens": "100000"}))
     monkeypatch.setattr(entry._runtime.model, "context_length", 200_000)  # room for a very long answer
     # Sampling may draw </s> early on a fast machine; without EOS only the budget can end this request.
-    monkeypatch.setattr("handler.generation._eos_ids", lambda *_args: frozenset())
+    monkeypatch.setattr("lora_endpoint.handler.generation._eos_ids", lambda *_args: frozenset())
     started = time.monotonic()
     body = call({"inputs": "Hello", "parameters": {"max_new_tokens": 100000, "do_sample": True, "seed": 3}}).json()
     elapsed = time.monotonic() - started

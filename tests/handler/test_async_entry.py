@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from handler import entry
+from lora_endpoint.handler import entry
 
 
 @pytest.fixture
@@ -87,8 +87,8 @@ def test_concurrent_calls_are_each_answered_alone(served) -> None:
 
 
 def test_overload_is_a_429_with_retry_after(served, monkeypatch) -> None:
-    from handler.engine import engine_for
-    from handler.errors import ModelOverloaded
+    from lora_endpoint.contract.errors import ModelOverloaded
+    from lora_endpoint.handler.engine import engine_for
 
     engine = engine_for(entry._runtime.model)
 

@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from handler.engine import Engine, EngineLimits
-from handler.errors import ContextLengthExceeded, ModelOverloaded
-from handler.generation import Row, collect, generate
-from handler.sampling import SamplingParams
+from lora_endpoint.contract.errors import ContextLengthExceeded, ModelOverloaded
+from lora_endpoint.handler.engine import Engine, EngineLimits
+from lora_endpoint.handler.generation import Row, collect, generate
+from lora_endpoint.handler.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=12, do_sample=False)
 
@@ -164,9 +164,9 @@ def test_a_cancelled_request_leaves_the_queue_at_once_even_behind_one_that_canno
 
 
 def test_a_sliding_window_model_is_served_within_its_window(tiny_model_dir) -> None:
-    from handler.config import HandlerSettings
-    from handler.engine import engine_for, sliding_window
-    from handler.loading import load_model
+    from lora_endpoint.contract.settings import HandlerSettings
+    from lora_endpoint.handler.engine import engine_for, sliding_window
+    from lora_endpoint.handler.loading import load_model
 
     lm = load_model(tiny_model_dir, HandlerSettings.from_env({}))
     lm.model.config.sliding_window = 64  # full attention is exact within the window
@@ -233,7 +233,7 @@ def test_stopping_with_rows_running_fails_them_with_model_overloaded(loaded, eng
 def test_an_iteration_that_fails_fails_what_runs_and_the_engine_goes_on(
     loaded, engine, thread_crashes, monkeypatch
 ) -> None:
-    from handler.errors import GenerationFailed
+    from lora_endpoint.contract.errors import GenerationFailed
 
     e = engine()
     steps = five_decoding(loaded, e)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from handler import entry
+from lora_endpoint.handler import entry
 
 
 @pytest.fixture

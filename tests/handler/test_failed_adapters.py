@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from handler.config import HandlerSettings
-from handler.errors import ModelLoadError, UnknownAdapter
-from handler.generation import Row, generate
-from handler.info import render as info
-from handler.loading import LoadedModel, load_model
-from handler.rows import resolve_adapter
-from handler.sampling import SamplingParams
+from lora_endpoint.contract.errors import ModelLoadError, UnknownAdapter
+from lora_endpoint.contract.settings import HandlerSettings
+from lora_endpoint.handler.generation import Row, generate
+from lora_endpoint.handler.info import render as info
+from lora_endpoint.handler.loading import LoadedModel, load_model
+from lora_endpoint.handler.rows import resolve_adapter
+from lora_endpoint.handler.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=8)
 PROMPTS = ("Hello world", "The quick brown fox")
@@ -133,9 +133,9 @@ def test_when_peft_itself_raises_the_model_is_left_as_it_was(
 ) -> None:
     # GIVEN the weights check switched off, so that peft's own load_state_dict meets the bad shapes:
     # "aardvark" loads first (peft wraps the base, injects its layers, then raises), "zulu" after alpha
-    import handler.registry
+    import lora_endpoint.handler.registry
 
-    monkeypatch.setattr(handler.registry, "check_adapter_weights", lambda info, base=None: None)
+    monkeypatch.setattr(lora_endpoint.handler.registry, "check_adapter_weights", lambda info, base=None: None)
     model_dir = _model_dir(tiny_model_dir, tmp_path / "model", {
         "aardvark": lambda f: _edit_config(f, r=16),
         "zulu": _swap_for(real_adapters["wide"]),

@@ -8,14 +8,14 @@ from dataclasses import replace
 
 import pytest
 
-from handler.config import HandlerSettings
-from handler.errors import ContextLengthExceeded, UnknownAdapter
-from handler.generate import GenerateRequest
-from handler.generation import EOS, LENGTH, STOP, TIME_LIMIT, Row, generate
-from handler.loading import load_model
-from handler.rows import resolve_adapter
-from handler.sampling import SamplingParams
-from handler.service import prepare, run
+from lora_endpoint.contract.errors import ContextLengthExceeded, UnknownAdapter
+from lora_endpoint.contract.settings import HandlerSettings
+from lora_endpoint.handler.generate import GenerateRequest
+from lora_endpoint.handler.generation import EOS, LENGTH, STOP, TIME_LIMIT, Row, generate
+from lora_endpoint.handler.loading import load_model
+from lora_endpoint.handler.rows import resolve_adapter
+from lora_endpoint.handler.sampling import SamplingParams
+from lora_endpoint.handler.service import prepare, run
 
 GREEDY = SamplingParams(max_new_tokens=12)
 

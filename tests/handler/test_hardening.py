@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from handler import entry, lora_batch
+from lora_endpoint.handler import entry, lora_batch
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "requests"
 
@@ -261,7 +261,7 @@ def test_media_types_are_checked(served, headers, status) -> None:
 
 def _fail_from_step(monkeypatch, step: int) -> None:  # type: ignore[no-untyped-def]
     """Make every row fail at decode step ``step`` (0 is the prefill)."""
-    import handler.generation as generation
+    import lora_endpoint.handler.generation as generation
 
     real = generation._pick_tokens
     calls = {"n": 0}

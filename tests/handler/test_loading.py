@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from handler.config import HandlerSettings
-from handler.errors import ModelLoadError
-from handler.loading import load_model, resolve_base_model
+from lora_endpoint.contract.errors import ModelLoadError
+from lora_endpoint.contract.settings import HandlerSettings
+from lora_endpoint.handler.loading import load_model, resolve_base_model
 
 
 def test_base_is_found_in_the_model_dir(tiny_model_dir: Path) -> None:
@@ -58,8 +58,8 @@ def test_base_model_from_s3_prefix(tiny_model_dir: Path, tmp_path: Path, monkeyp
 def test_loading_runs_on_a_thread_that_ends_with_it(tiny_model_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import threading
 
-    from handler import attach, loading
-    from handler.config import HandlerSettings
+    from lora_endpoint.contract.settings import HandlerSettings
+    from lora_endpoint.handler import attach, loading
 
     seen: list[str] = []
     real_attach = attach.attach

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from handler import lora_batch
-from handler.config import HandlerSettings
-from handler.generation import Row, generate
-from handler.loading import BASE_ADAPTER_NAME, load_model
-from handler.lora_batch import BatchedLora
-from handler.sampling import SamplingParams
+from lora_endpoint.contract.settings import HandlerSettings
+from lora_endpoint.handler import lora_batch
+from lora_endpoint.handler.generation import Row, generate
+from lora_endpoint.handler.loading import BASE_ADAPTER_NAME, load_model
+from lora_endpoint.handler.lora_batch import BatchedLora
+from lora_endpoint.handler.sampling import SamplingParams
 from scripts.tiny_model import build_lora_adapter
 
 GREEDY = SamplingParams(max_new_tokens=10, ignore_eos=True)

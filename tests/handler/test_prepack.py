@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from handler import prepack
-from handler.config import HandlerSettings
-from handler.generation import Row, generate
-from handler.loading import load_model
-from handler.sampling import SamplingParams
+from lora_endpoint.contract.settings import HandlerSettings
+from lora_endpoint.handler import prepack
+from lora_endpoint.handler.generation import Row, generate
+from lora_endpoint.handler.loading import load_model
+from lora_endpoint.handler.sampling import SamplingParams
 
 F = torch.nn.functional
 # The same products summed in another order (measured: about 1e-5 on float32 layers of this size).

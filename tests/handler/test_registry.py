@@ -11,15 +11,21 @@ from typing import Any
 
 import pytest
 
-from handler import entry
-from handler.config import HandlerSettings
-from handler.errors import AdapterConflict, AdapterRejected, HandlerError, ModelOverloaded, UnknownAdapter
-from handler.generate import GenerateRequest
-from handler.generation import Row, generate
-from handler.info import render as info
-from handler.loading import LoadedModel, load_model
-from handler.sampling import SamplingParams
-from handler.service import run
+from lora_endpoint.contract.errors import (
+    AdapterConflict,
+    AdapterRejected,
+    HandlerError,
+    ModelOverloaded,
+    UnknownAdapter,
+)
+from lora_endpoint.contract.settings import HandlerSettings
+from lora_endpoint.handler import entry
+from lora_endpoint.handler.generate import GenerateRequest
+from lora_endpoint.handler.generation import Row, generate
+from lora_endpoint.handler.info import render as info
+from lora_endpoint.handler.loading import LoadedModel, load_model
+from lora_endpoint.handler.sampling import SamplingParams
+from lora_endpoint.handler.service import run
 
 PROMPT = "The quick brown fox"
 GREEDY = SamplingParams(max_new_tokens=6, ignore_eos=True)
@@ -370,8 +376,8 @@ def test_the_fast_attach_leaves_what_peft_leaves_and_serves_the_same_tokens(
 ) -> None:
     import torch
 
-    from handler import attach
-    from handler.engine import engine_for
+    from lora_endpoint.handler import attach
+    from lora_endpoint.handler.engine import engine_for
 
     # GIVEN one model where ad1 comes in through the fast path (engine running, ad0 resident) ...
     used: list[str] = []
@@ -419,9 +425,9 @@ def test_registering_computes_with_torch_only_on_threads_that_end(
     tiny_model_dir: Path, pool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # torch's thread pool lives as long as the thread that made it: a pool left on a server's worker
-    # thread would slow every engine step after it (handler/loading.py)
-    import handler.registry as registry_module
-    from handler import attach
+    # thread would slow every engine step after it (lora_endpoint/handler/loading.py)
+    import lora_endpoint.handler.registry as registry_module
+    from lora_endpoint.handler import attach
 
     seen: list[str] = []
     for module, name in ((registry_module, "check_adapter_weights"), (attach, "host_copy")):

@@ -13,8 +13,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from handler import entry, logs, metrics, telemetry
-from handler.config import HandlerSettings
+from lora_endpoint.contract import metrics
+from lora_endpoint.contract.settings import HandlerSettings
+from lora_endpoint.handler import entry, logs, telemetry
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "fixtures" / "emf_schema.json").read_text())
 MARKER = "zebra-quartz-7731"  # a prompt word that must never reach a log line
@@ -202,7 +203,7 @@ def test_log_lines_are_json_with_the_exception_in_one_line() -> None:
 
 
 def test_settings_refuse_what_cloudwatch_would(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from handler.config import SettingsError
+    from lora_endpoint.contract.settings import SettingsError
 
     for bad in ({"LORA_METRICS": "statsd"}, {"LORA_METRICS_NAMESPACE": "AWS/SageMaker"}, {"LORA_LOG_FORMAT": "xml"}):
         with pytest.raises(SettingsError, match=next(iter(bad))):
@@ -244,7 +245,7 @@ def test_metrics_without_request_logs_keep_only_the_figures(tmp_path: Path) -> N
 
 
 def test_a_destination_that_cannot_be_written_is_a_settings_error(tmp_path: Path) -> None:
-    from handler.config import SettingsError
+    from lora_endpoint.contract.settings import SettingsError
 
     settings = HandlerSettings(telemetry_destination=str(tmp_path / "missing" / "records.jsonl"))
     with pytest.raises(SettingsError, match="LORA_TELEMETRY_DESTINATION: cannot write to"):

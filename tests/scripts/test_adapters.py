@@ -1,4 +1,4 @@
-"""scripts/adapters.py: adapter inference components through botocore's Stubber (moto does not model
+"""lora_endpoint/commands/adapters.py: adapter inference components through botocore's Stubber (moto does not model
 inference components; the Stubber checks every request against the sagemaker service model and every
 canned response against its output shape), the upload through moto's S3, and the local mode against the
 local endpoint serving a stand-in entry module."""
@@ -19,12 +19,13 @@ import pytest
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from scripts.adapters import Aws, main
-from scripts.clients.adapter_artifact import ArtifactError, check_adapter, pack_adapter
-from scripts.local_server.app import create_app
-from scripts.local_server.package import ServedModel, resolve
-from tests.local_server import fake_adapter_entry as fake
-from tests.local_server.conftest import Running, start
+from lora_endpoint.clients.adapter_artifact import ArtifactError, check_adapter, pack_adapter
+from lora_endpoint.commands.adapters import Aws, main
+from lora_endpoint.local.app import create_app
+from lora_endpoint.local.package import ServedModel, resolve
+from tests.docs import doc
+from tests.local import fake_adapter_entry as fake
+from tests.local.conftest import Running, start
 
 ENDPOINT = "lora-endpoint"
 BASE = "lora-endpoint-base"
@@ -391,10 +392,9 @@ def test_readme_names_every_option_of_the_script() -> None:
     import argparse
     import re
 
-    from scripts.adapters import build_parser
+    from lora_endpoint.commands.adapters import build_parser
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("### The operator script", 1)[1].split("<!-- section:", 1)[0]
+    section = doc("adapters").split("## The operator script", 1)[1].split("<!-- section:", 1)[0]
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     flags = {flag for sub in commands.choices.values() for action in sub._actions for flag in action.option_strings

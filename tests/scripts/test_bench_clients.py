@@ -23,7 +23,7 @@ def test_ours_body_names_the_adapter_only_when_there_is_one() -> None:
 
 
 def test_ours_body_is_a_request_the_handler_accepts_as_greedy_and_ignoring_eos() -> None:
-    from handler.entry import input_fn
+    from lora_endpoint.handler.entry import input_fn
 
     parsed = input_fn(json.dumps(OURS.body("hi", "alpha", 12)), "application/json")
     assert parsed.adapters == ("alpha",)

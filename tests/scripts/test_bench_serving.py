@@ -35,7 +35,7 @@ def test_bench_py_hands_the_serving_subcommand_over(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["serving", "--models", "7b"])
     assert exit_info.value.code == 2
-    assert "bench.py serving: error: --models" in capsys.readouterr().err
+    assert "lora-endpoint bench serving: error: --models" in capsys.readouterr().err
 
 
 def test_defaults_are_the_issues_load() -> None:

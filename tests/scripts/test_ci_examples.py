@@ -26,10 +26,10 @@ def test_the_workflow_runs_on_pull_requests_with_read_only_permissions() -> None
 
 
 def test_the_packaging_step_uses_flags_the_packager_has() -> None:
-    from model_package.cli import parser
+    from lora_endpoint.packaging.cli import parser
 
     (run,) = [str(s["run"]) for name, s in _steps().items() if name.startswith("Validate the adapters")]
-    line = " ".join(part.rstrip("\\").strip() for part in run.splitlines() if "lora-package build" in part or
+    line = " ".join(part.rstrip("\\").strip() for part in run.splitlines() if "lora-endpoint package build" in part or
                     part.strip().startswith("--"))
     argv = shlex.split(line.replace('"${args[@]}"', "--adapter a=adapters/a/"))
     argv = [re.sub(r"\$\{\{ vars\.\w+ \}\}", "org/base", a) for a in argv]

@@ -1,1 +1,1 @@
-"""Tests for LoRA training (scripts/training*.py, scripts/train_lora.py) and the demo model."""
+"""Tests for LoRA training (scripts/training*.py, lora_endpoint/commands/train.py) and the demo model."""

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from model_package.compat import pending
+from lora_endpoint.packaging.compat import pending
 from scripts.demo_model import DEMO, REDUCED, DemoSizes, build_base, is_correct, questions, train_adapter, write_subset
 
 
 def answers(model_dir: Path, prompts: list[str]) -> tuple[list[str], list[str]]:
     """Greedy answers of the base and of adapter ``demo``, in one batch through the handler."""
-    from handler.config import HandlerSettings
-    from handler.kinds import parse_body
-    from handler.loading import load_model
-    from handler.service import run
+    from lora_endpoint.contract.settings import HandlerSettings
+    from lora_endpoint.handler.kinds import parse_body
+    from lora_endpoint.handler.loading import load_model
+    from lora_endpoint.handler.service import run
 
     settings = HandlerSettings.from_env({})
     lm = load_model(model_dir, settings)

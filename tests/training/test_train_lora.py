@@ -1,4 +1,5 @@
-"""scripts/train_lora.py on the session's tiny Llama: loss goes down, the output loads with peft and the handler."""
+"""``lora-endpoint train`` on the session's tiny Llama: loss goes down, the output loads with peft and the
+handler."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from model_package.compat import pending
-from scripts import train_lora
-from scripts.training import TrainConfig
-from scripts.training_data import load_examples
+from lora_endpoint.commands import train as train_lora
+from lora_endpoint.packaging.compat import pending
+from lora_endpoint.training.data import load_examples
+from lora_endpoint.training.trainer import TrainConfig
 
 
 def yes_dataset(path: Path, count: int = 12) -> Path:
@@ -49,7 +50,7 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 
 def test_training_lowers_train_and_eval_loss(tiny_model_dir: Path, tmp_path: Path, one_thread: None) -> None:
-    from scripts.training import train_lora as train
+    from lora_endpoint.training.trainer import train_lora as train
 
     result = train(tiny_model_dir / "base", yes_dataset(tmp_path / "yes.jsonl"), tmp_path / "out",
                    TrainConfig(rank=8, epochs=5, batch_size=4, learning_rate=3e-2, eval_split=0.25, seed=1),
@@ -64,7 +65,7 @@ def test_training_lowers_train_and_eval_loss(tiny_model_dir: Path, tmp_path: Pat
 def test_same_seed_same_adapter(tiny_model_dir: Path, tmp_path: Path, one_thread: None) -> None:
     from safetensors.torch import load_file
 
-    from scripts.training import train_lora as train
+    from lora_endpoint.training.trainer import train_lora as train
 
     data = yes_dataset(tmp_path / "yes.jsonl", count=4)
     config = TrainConfig(rank=4, epochs=1, batch_size=2, seed=7)
@@ -99,10 +100,10 @@ def test_output_loads_with_peft(trained: tuple[Path, str, str], tiny_model_dir: 
 
 def test_handler_serves_the_trained_adapter(trained: tuple[Path, str, str], tiny_model_dir: Path,
                                             tmp_path: Path) -> None:
-    from handler.config import HandlerSettings
-    from handler.kinds import parse_body
-    from handler.loading import load_model
-    from handler.service import run
+    from lora_endpoint.contract.settings import HandlerSettings
+    from lora_endpoint.handler.kinds import parse_body
+    from lora_endpoint.handler.loading import load_model
+    from lora_endpoint.handler.service import run
 
     # GIVEN a model dir in the endpoint's layout with the trained adapter under adapters/yes
     shutil.copytree(tiny_model_dir / "base", tmp_path / "base")

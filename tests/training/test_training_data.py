@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from lora_endpoint.training.data import IGNORE_INDEX, DatasetError, Example, encode, encode_all, load_examples, split
 from scripts.tiny_model import build_tokenizer
-from scripts.training_data import IGNORE_INDEX, DatasetError, Example, encode, encode_all, load_examples, split
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,249 @@
+"""One way to call an endpoint, whichever door it is behind.
+
+``RuntimeTarget`` uses boto3's ``sagemaker-runtime`` client (a deployed endpoint, or the local one with
+``endpoint_url``); ``HttpTarget`` calls the API Gateway routes (deployed with an API key or SigV4 for
+``execute-api``, or the local endpoint's routes). Both answer a ``Reply`` with the status the caller
+would see (for boto3 a ``ModelError`` is unwrapped to its ``OriginalStatusCode``), so the smoke and load
+tests read the same thing from either.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
+ROUTES = {"predict": ("POST", "/predict"), "rag": ("POST", "/rag"), "chat": ("POST", "/v1/chat/completions"),
+          "info": ("GET", "/model/info"), "health": ("GET", "/health"), "invoke": ("POST", "/invocations")}
+
+
+class TargetError(Exception):
+    """The target cannot be called at all (bad URL, no credentials): a user error, shown without a trace."""
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    latency_s: float
+    chunks: int = 0
+    content_type: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+class Target(Protocol):
+    def call(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
+             stream: bool = False) -> Reply: ...
+
+    def describe(self) -> str: ...
+
+
+def with_adapter(route: str, body: dict[str, Any], adapter: str | None) -> dict[str, Any]:
+    """Name the adapter in the body where the shape has a place for it (chat: ``model``)."""
+    if not adapter or route in ("info", "health"):
+        return body
+    key = "model" if route == "chat" or "messages" in body else "adapters"
+    return body if key in body else {**body, key: adapter}
+
+
+class RuntimeTarget:
+    """boto3 ``invoke_endpoint`` / ``invoke_endpoint_with_response_stream`` (every route is a body shape)."""
+
+    def __init__(self, endpoint_name: str, *, endpoint_url: str | None = None, region: str | None = None,
+                 timeout_s: float = 70.0) -> None:
+        import boto3
+        from botocore.config import Config
+
+        kwargs: dict[str, Any] = {"region_name": region or "us-east-1"} if endpoint_url or region else {}
+        if endpoint_url:  # the local endpoint takes any credentials
+            kwargs.update(endpoint_url=endpoint_url, aws_access_key_id="local", aws_secret_access_key="local")
+        config = Config(read_timeout=timeout_s, connect_timeout=5, retries={"max_attempts": 1, "mode": "standard"})
+        self.endpoint_name = endpoint_name
+        self.endpoint_url = endpoint_url
+        self.client = boto3.client("sagemaker-runtime", config=config, **kwargs)
+        self._adapter: str | None = None
+        self.client.meta.events.register("before-sign.sagemaker-runtime.*", self._add_adapter_header)
+
+    def describe(self) -> str:
+        return f"endpoint {self.endpoint_name}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+
+    def _add_adapter_header(self, request: Any, **_: Any) -> None:
+        if self._adapter:
+            request.headers[ADAPTER_HEADER] = self._adapter
+
+    def call(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
+             stream: bool = False) -> Reply:
+        from botocore.exceptions import BotoCoreError, ClientError, EventStreamError
+
+        if route == "health":
+            return self._health()
+        request: dict[str, Any] = (
+            {"task": "info"} if route == "info" else with_adapter(route, dict(body or {}), adapter))
+        if stream:
+            request["stream"] = True
+        payload = json.dumps(request).encode()
+        self._adapter = adapter
+        start = time.perf_counter()
+        try:
+            if stream:
+                streamed = self.client.invoke_endpoint_with_response_stream(
+                    EndpointName=self.endpoint_name, Body=payload, ContentType="application/json")
+                parts = [event["PayloadPart"]["Bytes"] for event in streamed["Body"] if "PayloadPart" in event]
+                return Reply(200, b"".join(parts), time.perf_counter() - start, len(parts),
+                             streamed.get("ContentType", ""))
+            whole = self.client.invoke_endpoint(EndpointName=self.endpoint_name, Body=payload,
+                                                ContentType="application/json", Accept="application/json")
+            return Reply(200, whole["Body"].read(), time.perf_counter() - start, 0, whole.get("ContentType", ""))
+        except EventStreamError as err:
+            return Reply(500, str(err).encode(), time.perf_counter() - start)
+        except ClientError as err:
+            meta: dict[str, Any] = dict(err.response)
+            if meta.get("Error", {}).get("Code") == "ModelError" and "OriginalStatusCode" in meta:
+                return Reply(int(meta["OriginalStatusCode"]), str(meta.get("OriginalMessage", "")).encode(),
+                             time.perf_counter() - start)
+            status = int(meta.get("ResponseMetadata", {}).get("HTTPStatusCode", 500))
+            return Reply(status, json.dumps(meta.get("Error", {})).encode(), time.perf_counter() - start)
+        except BotoCoreError as err:  # connection refused, timeouts, no credentials
+            return Reply(0, str(err).encode(), time.perf_counter() - start)
+        finally:
+            self._adapter = None
+
+    def _health(self) -> Reply:
+        start = time.perf_counter()
+        if self.endpoint_url:  # the local endpoint: the container's ping
+            import httpx
+
+            try:
+                response = httpx.get(self.endpoint_url.rstrip("/") + "/ping", timeout=10)
+            except httpx.HTTPError as err:
+                return Reply(0, str(err).encode(), time.perf_counter() - start)
+            return Reply(response.status_code, response.content, time.perf_counter() - start)
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            status = boto3.client("sagemaker", region_name=self.client.meta.region_name).describe_endpoint(
+                EndpointName=self.endpoint_name)["EndpointStatus"]
+        except (BotoCoreError, ClientError) as err:
+            return Reply(0, str(err).encode(), time.perf_counter() - start)
+        body = json.dumps({"status": status}).encode()
+        return Reply(200 if status == "InService" else 503, body, time.perf_counter() - start)
+
+
+class HttpTarget:
+    """The API Gateway routes (or the local endpoint's), with an API key, SigV4 or no auth."""
+
+    def __init__(self, api_url: str, *, api_key: str | None = None, sigv4: bool = False, region: str | None = None,
+                 timeout_s: float = 70.0) -> None:
+        import httpx
+
+        parts = urlsplit(api_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise TargetError(f"--api-url must be an http(s) URL, got {api_url!r}")
+        self.base = api_url.rstrip("/")
+        self.api_key = api_key
+        self.region = region
+        self.credentials = None
+        if sigv4:
+            import boto3
+
+            session = boto3.Session(region_name=region)
+            self.credentials = session.get_credentials()
+            self.region = region or session.region_name or _region_from_host(parts.netloc)
+            if self.credentials is None:
+                raise TargetError("--sigv4 needs AWS credentials (environment, profile or role); none were found")
+            if not self.region:
+                raise TargetError("--sigv4 needs --region (it is not in the API URL)")
+        self.http = httpx.Client(timeout=timeout_s)
+
+    def describe(self) -> str:
+        return self.base
+
+    def _headers(self, method: str, url: str, data: bytes | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "*/*"}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        if self.credentials is not None:
+            from botocore.auth import SigV4Auth
+            from botocore.awsrequest import AWSRequest
+
+            request = AWSRequest(method=method, url=url, data=data or b"", headers=headers)
+            SigV4Auth(self.credentials.get_frozen_credentials(), "execute-api", self.region or "").add_auth(request)
+            headers = dict(request.headers.items())
+        return headers
+
+    def call(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
+             stream: bool = False) -> Reply:
+        import httpx
+
+        method, path = ROUTES[route]
+        url = self.base + path
+        data = None
+        if method == "POST":
+            payload = with_adapter(route, dict(body or {}), adapter)
+            if stream:
+                payload["stream"] = True
+            data = json.dumps(payload).encode()
+        start = time.perf_counter()
+        try:
+            with self.http.stream(method, url, content=data, headers=self._headers(method, url, data)) as response:
+                chunks = [chunk for chunk in response.iter_bytes() if chunk]
+                return Reply(response.status_code, b"".join(chunks), time.perf_counter() - start, len(chunks),
+                             response.headers.get("content-type", ""))
+        except httpx.HTTPError as err:
+            return Reply(0, str(err).encode(), time.perf_counter() - start)
+
+
+def _region_from_host(host: str) -> str | None:
+    labels = host.split(".")  # {id}.execute-api.{region}.amazonaws.com
+    return labels[2] if len(labels) > 3 and labels[1] == "execute-api" else None
+
+
+def make_target(*, api_url: str | None = None, endpoint_name: str | None = None, endpoint_url: str | None = None,
+                region: str | None = None, api_key: str | None = None, sigv4: bool = False,
+                timeout_s: float = 70.0) -> Target:
+    """The target the command line names: ``--api-url`` or a SageMaker endpoint (``--endpoint-url`` = local)."""
+    if api_url:
+        return HttpTarget(api_url, api_key=api_key, sigv4=sigv4, region=region, timeout_s=timeout_s)
+    if not endpoint_name:
+        raise TargetError("give --api-url, or --endpoint-name (and --endpoint-url for the local endpoint)")
+    return RuntimeTarget(endpoint_name, endpoint_url=endpoint_url, region=region, timeout_s=timeout_s)
+
+
+def add_target_args(parser: Any) -> None:
+    """The command-line options that pick a target (shared by invoke, smoke_test and load_test)."""
+    group = parser.add_argument_group("target (a SageMaker endpoint through boto3, or an API URL)")
+    group.add_argument("--endpoint-name", help="SageMaker endpoint name (the local endpoint answers to lora-local)")
+    group.add_argument("--endpoint-url",
+                       help="runtime URL for boto3, e.g. http://127.0.0.1:8080 for the local endpoint")
+    group.add_argument("--region", help="AWS region (default: the AWS config's)")
+    group.add_argument("--api-url", help="API Gateway stage URL (or the local endpoint's URL) instead of boto3")
+    group.add_argument("--api-key", help="API key for --api-url (sent as x-api-key)")
+    group.add_argument("--sigv4", action="store_true", help="sign --api-url requests with SigV4 (execute-api)")
+    group.add_argument("--timeout", type=float, default=70.0, help="seconds per request (default: 70)")
+
+
+def target_from_args(args: Any) -> Target:
+    endpoint_name = args.endpoint_name
+    if not endpoint_name and args.endpoint_url:
+        from lora_endpoint.local import DEFAULT_ENDPOINT_NAME
+
+        endpoint_name = DEFAULT_ENDPOINT_NAME
+    return make_target(api_url=args.api_url, endpoint_name=endpoint_name, endpoint_url=args.endpoint_url,
+                       region=args.region, api_key=args.api_key, sigv4=args.sigv4, timeout_s=args.timeout)
