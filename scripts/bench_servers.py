@@ -103,9 +103,9 @@ def serving(
 
 
 def ours_command(model_dir: Path, port: int) -> list[str]:
-    """lora_endpoint/commands/serve.py on a plain model dir (``base/`` + ``adapters/``), in DJL async mode: one
+    """``lora-endpoint serve`` on a plain model dir (``base/`` + ``adapters/``), in DJL async mode: one
     ``handle()`` call per request, all of them sharing the engine's steps."""
-    return [sys.executable, str(ROOT / "scripts" / "serve_local.py"), str(model_dir), "--port", str(port),
+    return [sys.executable, "-m", "lora_endpoint", "serve", str(model_dir), "--port", str(port),
             "--djl-mode", "async", "--log-level", "warning"]
 
 

@@ -33,7 +33,7 @@ from scripts.bench_common import commit_label, load_average, machine, positive_i
 from scripts.bench_serving import MODELS  # noqa: E402
 
 BEGIN, END = "<!-- bench:telemetry -->", "<!-- /bench:telemetry -->"
-STANDIN = ROOT / "scripts" / "local_server" / "djl_compat"
+STANDIN = ROOT / "lora_endpoint" / "local" / "djl_compat"
 
 
 def build(root: Path, quick: bool) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # The djl_python compatibility module the local endpoint uses outside the LMI image.
-STANDIN = Path(__file__).resolve().parent.parent / "scripts" / "local_server" / "djl_compat"
+STANDIN = Path(__file__).resolve().parent.parent / "lora_endpoint" / "local" / "djl_compat"
 
 
 @pytest.fixture(scope="session")

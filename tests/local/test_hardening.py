@@ -147,6 +147,9 @@ def test_batch_inputs_use_djl_s_three_digit_keys_and_parse_as_the_real_input_doe
              for i in range(12)]
     batch = djl_io.build_input(djl, calls)
     assert "batch_011.data" in [k for k, _ in batch.content] and "batch_000.requestId" in batch.properties
+    # The frontend's format (djl-serving's PyPredictor: "batch_%03d." + key), checked apart from the stand-in
+    keys = [k for k, _ in batch.content] + [k for k in batch.properties if k.startswith("batch_") and k != "batch_size"]
+    assert keys and all(re.fullmatch(r"batch_\d{3}\.[A-Za-z][\w-]*", k) for k in keys), keys
     # djl_python's Input.get_batches reads the index from characters 6-8 and the key from character 10
     items = batch.get_batches()
     assert [item.get_as_json()["i"] for item in items] == list(range(12))
@@ -244,7 +247,7 @@ def test_sigterm_after_a_clean_drain_exits_0(tmp_path: Path) -> None:
     (package / "serving.properties").write_text("engine=Python\noption.entryPoint=model.py\n")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve_local.py"), str(package),
+    process = subprocess.Popen([sys.executable, "-m", "lora_endpoint", "serve", str(package),
                                 "--port", str(port), "--drain-timeout", "2", "--log-level", "warning",
                                 "--allow-no-manifest"],
                                env=env, stderr=subprocess.PIPE, text=True)
