@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -47,11 +48,40 @@ class Reply:
         return self.body.decode("utf-8", errors="replace")
 
 
+@dataclass
+class Streamed:
+    """An answer read as it arrives (the playground's proxy passes it on): status and content type first,
+    then the body in ``chunks``. A failure after the status is known ends ``chunks`` with one error record in
+    the stream's own format, as the handler does. Status 0: the endpoint could not be reached."""
+
+    status: int
+    content_type: str
+    chunks: Iterator[bytes]
+
+
 class Target(Protocol):
     def call(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
              stream: bool = False) -> Reply: ...
 
+    def open(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
+             stream: bool = False) -> Streamed: ...
+
     def describe(self) -> str: ...
+
+
+def stream_error_record(content_type: str, status: int, error_type: str, message: str) -> bytes:
+    """The last record of a stream that failed midway: an SSE event then ``[DONE]`` for chat, else a JSON
+    line with ``finish_reason: error`` (the handler's own error records, see docs/handler.md#streaming)."""
+    from lora_endpoint.contract.errors import error_body
+
+    body = error_body(status, error_type, message)
+    if content_type.startswith("text/event-stream"):
+        return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n".encode()
+    return (json.dumps({**body, "details": {"finish_reason": "error"}}) + "\n").encode()
+
+
+def _whole(reply: Reply) -> Streamed:
+    return Streamed(reply.status, reply.content_type, iter([reply.body]))
 
 
 def with_adapter(route: str, body: dict[str, Any], adapter: str | None) -> dict[str, Any]:
@@ -66,9 +96,10 @@ class RuntimeTarget:
     """boto3 ``invoke_endpoint`` / ``invoke_endpoint_with_response_stream`` (every route is a body shape)."""
 
     def __init__(self, endpoint_name: str, *, endpoint_url: str | None = None, region: str | None = None,
-                 timeout_s: float = 70.0) -> None:
+                 timeout_s: float = 70.0, profile: str | None = None) -> None:
         import boto3
         from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
 
         kwargs: dict[str, Any] = {"region_name": region or "us-east-1"} if endpoint_url or region else {}
         if endpoint_url:  # the local endpoint takes any credentials
@@ -76,7 +107,11 @@ class RuntimeTarget:
         config = Config(read_timeout=timeout_s, connect_timeout=5, retries={"max_attempts": 1, "mode": "standard"})
         self.endpoint_name = endpoint_name
         self.endpoint_url = endpoint_url
-        self.client = boto3.client("sagemaker-runtime", config=config, **kwargs)
+        try:
+            self.session = boto3.Session(profile_name=None if endpoint_url else profile)
+            self.client = self.session.client("sagemaker-runtime", config=config, **kwargs)
+        except BotoCoreError as err:  # an unknown profile, no region
+            raise TargetError(f"{err} (see --profile, --region)") from None
         self._adapter: str | None = None
         self.client.meta.events.register("before-sign.sagemaker-runtime.*", self._add_adapter_header)
 
@@ -113,16 +148,44 @@ class RuntimeTarget:
         except EventStreamError as err:
             return Reply(500, str(err).encode(), time.perf_counter() - start)
         except ClientError as err:
-            meta: dict[str, Any] = dict(err.response)
-            if meta.get("Error", {}).get("Code") == "ModelError" and "OriginalStatusCode" in meta:
-                return Reply(int(meta["OriginalStatusCode"]), str(meta.get("OriginalMessage", "")).encode(),
-                             time.perf_counter() - start)
-            status = int(meta.get("ResponseMetadata", {}).get("HTTPStatusCode", 500))
-            return Reply(status, json.dumps(meta.get("Error", {})).encode(), time.perf_counter() - start)
+            return _client_error_reply(err, start)
         except BotoCoreError as err:  # connection refused, timeouts, no credentials
             return Reply(0, str(err).encode(), time.perf_counter() - start)
         finally:
             self._adapter = None
+
+    def open(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
+             stream: bool = False) -> Streamed:
+        """``call``, but a stream's ``PayloadPart`` bytes are handed on as they arrive."""
+        from botocore.exceptions import BotoCoreError, ClientError, EventStreamError
+
+        if not stream or route in ("info", "health"):
+            return _whole(self.call(route, body, adapter=adapter))
+        request = {**with_adapter(route, dict(body or {}), adapter), "stream": True}
+        self._adapter = adapter
+        start = time.perf_counter()
+        try:
+            streamed = self.client.invoke_endpoint_with_response_stream(
+                EndpointName=self.endpoint_name, Body=json.dumps(request).encode(), ContentType="application/json")
+        except ClientError as err:
+            return _whole(_client_error_reply(err, start))
+        except BotoCoreError as err:
+            return _whole(Reply(0, str(err).encode(), time.perf_counter() - start))
+        finally:
+            self._adapter = None
+        content_type = str(streamed.get("ContentType", ""))
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                for event in streamed["Body"]:
+                    if "PayloadPart" in event:
+                        yield event["PayloadPart"]["Bytes"]
+            except EventStreamError as err:  # ModelStreamError: the container failed after the first chunk
+                yield stream_error_record(content_type, 500, "model_stream_error", str(err))
+            except BotoCoreError as err:  # the connection broke or timed out
+                yield stream_error_record(content_type, 502, "upstream_error", str(err))
+
+        return Streamed(200, content_type, chunks())
 
     def _health(self) -> Reply:
         start = time.perf_counter()
@@ -134,11 +197,10 @@ class RuntimeTarget:
             except httpx.HTTPError as err:
                 return Reply(0, str(err).encode(), time.perf_counter() - start)
             return Reply(response.status_code, response.content, time.perf_counter() - start)
-        import boto3
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            status = boto3.client("sagemaker", region_name=self.client.meta.region_name).describe_endpoint(
+            status = self.session.client("sagemaker", region_name=self.client.meta.region_name).describe_endpoint(
                 EndpointName=self.endpoint_name)["EndpointStatus"]
         except (BotoCoreError, ClientError) as err:
             return Reply(0, str(err).encode(), time.perf_counter() - start)
@@ -146,11 +208,22 @@ class RuntimeTarget:
         return Reply(200 if status == "InService" else 503, body, time.perf_counter() - start)
 
 
+def _client_error_reply(err: Any, start: float) -> Reply:
+    """A botocore ``ClientError`` as the caller would see it: a ``ModelError`` is the container's own status
+    and body; any other error is its HTTP status with the AWS error (``Code``, ``Message``) as JSON."""
+    meta: dict[str, Any] = dict(err.response)
+    if meta.get("Error", {}).get("Code") == "ModelError" and "OriginalStatusCode" in meta:
+        return Reply(int(meta["OriginalStatusCode"]), str(meta.get("OriginalMessage", "")).encode(),
+                     time.perf_counter() - start)
+    status = int(meta.get("ResponseMetadata", {}).get("HTTPStatusCode", 500))
+    return Reply(status, json.dumps(meta.get("Error", {})).encode(), time.perf_counter() - start)
+
+
 class HttpTarget:
     """The API Gateway routes (or the local endpoint's), with an API key, SigV4 or no auth."""
 
     def __init__(self, api_url: str, *, api_key: str | None = None, sigv4: bool = False, region: str | None = None,
-                 timeout_s: float = 70.0) -> None:
+                 timeout_s: float = 70.0, profile: str | None = None) -> None:
         import httpx
 
         parts = urlsplit(api_url)
@@ -162,8 +235,12 @@ class HttpTarget:
         self.credentials = None
         if sigv4:
             import boto3
+            from botocore.exceptions import BotoCoreError
 
-            session = boto3.Session(region_name=region)
+            try:
+                session = boto3.Session(region_name=region, profile_name=profile)
+            except BotoCoreError as err:  # an unknown profile
+                raise TargetError(f"{err} (see --profile)") from None
             self.credentials = session.get_credentials()
             self.region = region or session.region_name or _region_from_host(parts.netloc)
             if self.credentials is None:
@@ -188,18 +265,45 @@ class HttpTarget:
             headers = dict(request.headers.items())
         return headers
 
-    def call(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
-             stream: bool = False) -> Reply:
-        import httpx
-
+    def _request(self, route: str, body: dict[str, Any] | None, adapter: str | None,
+                 stream: bool) -> tuple[str, str, bytes | None]:
         method, path = ROUTES[route]
-        url = self.base + path
         data = None
         if method == "POST":
             payload = with_adapter(route, dict(body or {}), adapter)
             if stream:
                 payload["stream"] = True
             data = json.dumps(payload).encode()
+        return method, self.base + path, data
+
+    def open(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
+             stream: bool = False) -> Streamed:
+        """``call``, but the body is handed on as it arrives (the local routes stream; API Gateway cannot)."""
+        import httpx
+
+        method, url, data = self._request(route, body, adapter, stream)
+        try:
+            request = self.http.build_request(method, url, content=data, headers=self._headers(method, url, data))
+            response = self.http.send(request, stream=True)
+        except httpx.HTTPError as err:
+            return Streamed(0, "", iter([str(err).encode()]))
+        content_type = response.headers.get("content-type", "")
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from (chunk for chunk in response.iter_bytes() if chunk)
+            except httpx.HTTPError as err:
+                yield stream_error_record(content_type, 502, "upstream_error", str(err))
+            finally:
+                response.close()
+
+        return Streamed(response.status_code, content_type, chunks())
+
+    def call(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
+             stream: bool = False) -> Reply:
+        import httpx
+
+        method, url, data = self._request(route, body, adapter, stream)
         start = time.perf_counter()
         try:
             with self.http.stream(method, url, content=data, headers=self._headers(method, url, data)) as response:
@@ -217,13 +321,14 @@ def _region_from_host(host: str) -> str | None:
 
 def make_target(*, api_url: str | None = None, endpoint_name: str | None = None, endpoint_url: str | None = None,
                 region: str | None = None, api_key: str | None = None, sigv4: bool = False,
-                timeout_s: float = 70.0) -> Target:
+                timeout_s: float = 70.0, profile: str | None = None) -> Target:
     """The target the command line names: ``--api-url`` or a SageMaker endpoint (``--endpoint-url`` = local)."""
     if api_url:
-        return HttpTarget(api_url, api_key=api_key, sigv4=sigv4, region=region, timeout_s=timeout_s)
+        return HttpTarget(api_url, api_key=api_key, sigv4=sigv4, region=region, timeout_s=timeout_s, profile=profile)
     if not endpoint_name:
         raise TargetError("give --api-url, or --endpoint-name (and --endpoint-url for the local endpoint)")
-    return RuntimeTarget(endpoint_name, endpoint_url=endpoint_url, region=region, timeout_s=timeout_s)
+    return RuntimeTarget(endpoint_name, endpoint_url=endpoint_url, region=region, timeout_s=timeout_s,
+                         profile=profile)
 
 
 def add_target_args(parser: Any) -> None:
@@ -233,6 +338,7 @@ def add_target_args(parser: Any) -> None:
     group.add_argument("--endpoint-url",
                        help="runtime URL for boto3, e.g. http://127.0.0.1:8080 for the local endpoint")
     group.add_argument("--region", help="AWS region (default: the AWS config's)")
+    group.add_argument("--profile", help="AWS profile for boto3 and --sigv4 (default: the environment's credentials)")
     group.add_argument("--api-url", help="API Gateway stage URL (or the local endpoint's URL) instead of boto3")
     group.add_argument("--api-key", help="API key for --api-url (sent as x-api-key)")
     group.add_argument("--sigv4", action="store_true", help="sign --api-url requests with SigV4 (execute-api)")
@@ -246,4 +352,5 @@ def target_from_args(args: Any) -> Target:
 
         endpoint_name = DEFAULT_ENDPOINT_NAME
     return make_target(api_url=args.api_url, endpoint_name=endpoint_name, endpoint_url=args.endpoint_url,
-                       region=args.region, api_key=args.api_key, sigv4=args.sigv4, timeout_s=args.timeout)
+                       region=args.region, api_key=args.api_key, sigv4=args.sigv4, timeout_s=args.timeout,
+                       profile=args.profile)

@@ -22,6 +22,8 @@ adapter_routes.py  POST /adapters, DELETE /adapters/{name} (SageMaker's containe
                    (DJL), GET /v1/models (OpenAI / vLLM)
 metrics.py         GET /metrics: the handler's metric catalog in Prometheus' text format (a telemetry
                    sink for requests, the engine read at scrape time); the local telemetry defaults
+playground_page.py GET /playground: the playground's static page (playground/), also served by the
+                   lora-endpoint playground proxy
 app.py             FastAPI app factory: container contract (/ping, /invocations), JSON errors, lifespan,
                    /local/stats, /metrics, DrainingServer
 ```

@@ -1,7 +1,8 @@
 """The FastAPI app: the container contract (``GET /ping``, ``POST /invocations``), the SageMaker runtime
 API, the API Gateway routes and the adapter routes, all answered through the entry module (``handle()``,
 ``register_adapter()`` ...) and DJL's frontend for the package's mode (``async_frontend`` or the sync
-``batcher``); and the local routes, ``GET /local/stats`` and ``GET /metrics`` (Prometheus, see ``metrics``).
+``batcher``); the local routes, ``GET /local/stats`` and ``GET /metrics`` (Prometheus, see ``metrics``); and
+the playground page, ``GET /playground`` (see ``playground_page``).
 
 The model loads once the server is up (the async init call on the server's loop, the sync one on a
 worker thread): ``/ping`` answers 503 until the init call has succeeded, 200 after. Every body is read
@@ -26,7 +27,15 @@ from starlette.exceptions import HTTPException
 
 from lora_endpoint.contract.errors import error_body, internal_error_body
 
-from . import DEFAULT_ENDPOINT_NAME, adapter_routes, api_routes, base_component_name, metrics, runtime_api
+from . import (
+    DEFAULT_ENDPOINT_NAME,
+    adapter_routes,
+    api_routes,
+    base_component_name,
+    metrics,
+    playground_page,
+    runtime_api,
+)
 from .adapter_registry import AdapterRegistry
 from .async_frontend import AsyncFrontend
 from .batcher import Batcher
@@ -149,6 +158,7 @@ def create_app(
     app.include_router(runtime_api.router(state, adapters))
     app.include_router(api_routes.router(state))
     app.include_router(adapter_routes.router(state, adapters))
+    app.include_router(playground_page.router(playground_page.local_target(endpoint_name)))
     return app
 
 
