@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("lora_endpoint.commands.smoke", "check an endpoint end to end; exit 0 only if all checks pass"),
     "load": ("lora_endpoint.commands.load", "load-test an endpoint: latency percentiles, tokens/s, errors"),
     "adapters": ("lora_endpoint.commands.adapters", "add, remove or list adapters live, no redeploy"),
+    "playground": ("lora_endpoint.commands.playground", "a page to try base and adapters side by side, streaming, "
+                   "against any endpoint"),
     "deploy": ("lora_endpoint.commands.deploy", "package, upload and cdk deploy in one go (source checkout)"),
     "bench": ("lora_endpoint.commands.bench", "benchmarks, recorded in docs/benchmarks.md (source checkout)"),
     "demo": ("lora_endpoint.commands.demo", "the whole pipeline offline on a tiny model (source checkout)"),

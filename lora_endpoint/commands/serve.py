@@ -97,6 +97,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                               "a package that has one is always checked against it")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level (default: info)")
+    parser.add_argument("--open", action="store_true",
+                        help="open the playground page (/playground) in the default browser once the model is loaded")
     args = parser.parse_args(argv)
     problem = component_name_problem(args.base_component) if args.base_component is not None else None
     if problem:
@@ -110,6 +112,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.max_body_bytes < 1 or args.body_timeout <= 0 or args.drain_timeout < 0:
         parser.error("--max-body-bytes and --body-timeout must be positive, --drain-timeout 0 or more")
     return args
+
+
+def _open_playground(host: str, port: int) -> None:
+    """The playground in the default browser, from a thread of its own (a browser may take a while to start)."""
+    import threading
+    import webbrowser
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+    url = f"http://{shown}:{port}/playground"
+    print(f"opening {url}", file=sys.stderr)
+    threading.Thread(target=webbrowser.open, args=(url,), name="open-playground", daemon=True).start()
 
 
 def _remove(temp_dir: Path | None) -> None:
@@ -193,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
         batching = "async mode" if spec.async_mode else f"sync mode, batch_size {args.batch_size or spec.batch_size}"
         print(f"serving {spec.model_dir} on http://{args.host}:{args.port} (endpoint name {args.endpoint_name!r}, "
-              f"{batching}); docs at /docs", file=sys.stderr)
+              f"{batching}); docs at /docs, the playground at /playground", file=sys.stderr)
+        if args.open:
+            served.when_ready(lambda: _open_playground(args.host, args.port))
         server.run()
     except (KeyboardInterrupt, _Terminated):
         pass

@@ -11,7 +11,8 @@ import pytest
 from lora_endpoint import __version__, cli
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = ("package", "serve", "invoke", "smoke", "load", "train", "bench", "deploy", "adapters", "demo")
+EXPECTED = ("package", "serve", "invoke", "smoke", "load", "train", "bench", "deploy", "adapters", "playground",
+            "demo")
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
