@@ -16,7 +16,7 @@ compat_tests = LORA_BUILD_PYTHON="$(abspath $(PY))" $(1)/bin/python -m pytest -q
 	-m "not slow and not gpu and not e2e"
 
 .PHONY: all venv vllm-venv test test-all test-compat test-compat-oldest test-vllm lint typecheck demo synth checkov \
-	bench bench-serving clean
+	bench bench-serving clean playground test-playground playground-screenshot
 
 all: lint test
 
@@ -61,6 +61,31 @@ typecheck: lint
 
 demo: venv
 	$(PY) scripts/demo.py
+
+# The playground (docs/playground.md) on the demo's package, .demo/model.tar.gz: the demo runs first when it is
+# not there yet (--skip-cdk: the page needs no CDK). The local endpoint serves the package and opens /playground
+# in the browser once the model is loaded; Ctrl-C stops it.
+PLAYGROUND_PACKAGE ?= .demo/model.tar.gz
+PLAYGROUND_PORT ?= 8080
+.demo/model.tar.gz:
+	$(PY) scripts/demo.py --skip-cdk
+
+playground: venv $(PLAYGROUND_PACKAGE)
+	$(PY) -m lora_endpoint serve $(PLAYGROUND_PACKAGE) --port $(PLAYGROUND_PORT) --open
+
+# The browser tier: Playwright (the `browser` extra) and a headless Chromium - LORA_CHROMIUM=PATH, else
+# chromium on PATH; the tests skip, saying why, without one. Screenshots go to build/test-artifacts/.
+.venv/.browser-stamp: .venv/.stamp
+	$(PY) -m pip install -q -e ".[$(EXTRAS),browser]"
+	touch $@
+
+test-playground: venv .venv/.browser-stamp
+	$(PY) -m pytest -q -m browser tests/local/test_playground_browser.py
+
+# The README's screenshot, docs/images/playground.png: the page on the demo's package, taken by the browser tier.
+playground-screenshot: venv .venv/.browser-stamp .demo/model.tar.gz
+	LORA_PLAYGROUND_SCREENSHOT=docs/images/playground.png LORA_PLAYGROUND_PACKAGE=.demo/model.tar.gz \
+		$(PY) -m pytest -q -m browser tests/local/test_playground_browser.py -k demo
 
 bench: venv
 	$(PY) scripts/bench.py

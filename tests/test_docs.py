@@ -84,7 +84,7 @@ class Parsed(Exception):
 
 def test_the_docs_show_the_commands() -> None:
     shown = {args[0] for _where, args in EXAMPLES if args}
-    assert {"package", "serve", "invoke", "smoke", "load", "train", "deploy", "adapters"} <= shown
+    assert {"package", "serve", "invoke", "smoke", "load", "train", "deploy", "adapters", "playground"} <= shown
 
 
 @pytest.mark.parametrize("args", [args for _where, args in EXAMPLES], ids=[where for where, _args in EXAMPLES])

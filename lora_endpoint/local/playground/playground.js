@@ -155,6 +155,7 @@ async function run(column, signal) {
     setStat(column, "generated", counts.generated);
   };
   answer.classList.add("running");
+  answer.setAttribute("aria-busy", "true");  // a screen reader reads the answer once, when it is complete
   let failed = null;
   try {
     const response = await fetch(ROUTES[kind], {
@@ -204,6 +205,7 @@ async function run(column, signal) {
     return;
   } finally {
     answer.classList.remove("running");
+    answer.setAttribute("aria-busy", "false");
     const generated = counts.finalGenerated ?? counts.generated;
     if (generated && clock.first !== null) {
       const seconds = (clock.last - (generated > 1 ? clock.first : clock.start)) / 1000;
