@@ -67,7 +67,7 @@ demo: venv
 # in the browser once the model is loaded; Ctrl-C stops it.
 PLAYGROUND_PACKAGE ?= .demo/model.tar.gz
 PLAYGROUND_PORT ?= 8080
-.demo/model.tar.gz:
+.demo/model.tar.gz: | venv
 	$(PY) scripts/demo.py --skip-cdk
 
 playground: venv $(PLAYGROUND_PACKAGE)

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -146,7 +146,7 @@ def create_proxy_app(target: Target, *, info: dict[str, Any] | None = None,
 
     @app.get("/")
     async def root() -> Response:
-        return Response(status_code=307, headers={"Location": "/playground"})
+        return RedirectResponse("/playground")
 
     @app.get("/v1/models")
     async def models() -> Response:

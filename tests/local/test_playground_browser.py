@@ -226,6 +226,25 @@ def test_model_text_that_looks_like_html_stays_text(page: Any, server: Running) 
     assert page.evaluate("window.pwned") is None
 
 
+@pytest.mark.parametrize("server", ["async"], indirect=True)
+def test_a_stream_that_fails_midway_shows_its_error_record(page: Any, server: Running) -> None:
+    # GIVEN a stream that sends one token, then the handler's error record (docs/handler.md, Streaming)
+    record = {"code": 500, "type": "internal_error", "message": "internal error",
+              "error": {"type": "internal_error", "message": "internal error"}, "details": {"finish_reason": "error"}}
+    lines = [{"token": {"id": 1, "text": " Par", "log_prob": None}}, record]
+    _open(page, server.url, models=["alpha"])
+    page.route("**/predict", lambda route: route.fulfill(status=200, content_type="application/jsonlines",
+                                                         body="".join(json.dumps(line) + "\n" for line in lines)))
+    _send(page)
+    column = _column(page, "alpha")
+    # THEN the text so far stays, and the record is shown as the error
+    assert column.locator(".answer").text_content() == " Par"
+    assert column.locator(".error-line").text_content() == (
+        "the stream ended with an error record: internal_error - internal error")
+    assert json.loads(column.locator(".error-body").text_content()) == record
+    assert column.locator(".stat-finish").text_content() == "error"
+
+
 def _screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -237,7 +256,7 @@ def test_screenshot_of_the_demo_model(page: Any) -> None:
     """The page on the demo's package (``make demo``), for the README: written to LORA_PLAYGROUND_SCREENSHOT."""
     target = os.environ.get("LORA_PLAYGROUND_SCREENSHOT")
     if not target:
-        pytest.skip("set LORA_PLAYGROUND_SCREENSHOT=PATH to write the README's screenshot (make test-playground)")
+        pytest.skip("set LORA_PLAYGROUND_SCREENSHOT=PATH to write the README's screenshot (make playground-screenshot)")
     package = Path(os.environ.get("LORA_PLAYGROUND_PACKAGE") or ROOT / ".demo" / "model.tar.gz")
     if not package.exists():
         pytest.skip(f"no demo package at {package}: run make demo first (or set LORA_PLAYGROUND_PACKAGE)")

@@ -105,6 +105,7 @@ def test_it_answers_only_its_own_host_and_page(local_proxy: TestClient) -> None:
 
 def test_the_proxy_serves_the_same_page(local_proxy: TestClient, server: Running) -> None:
     assert local_proxy.get("/playground").content == httpx.get(server.url + "/playground").content
+    assert local_proxy.get("/", follow_redirects=False).headers["location"] == "/playground"
     info = local_proxy.get("/playground/target").json()
     assert info["kind"] == "local" and info["streaming"] is True and info["url"] == server.url
 

@@ -175,7 +175,7 @@ async function run(column, signal) {
         if (item === null) return;
         if (isErrorRecord(item)) {
           failed = item;
-          showError(column, response.status, JSON.stringify(item), "the stream ended with an error record");
+          showError(column, 0, JSON.stringify(item), "the stream ended with an error record");
           return;
         }
         const final = kind === "chat" ? readChatChunk(item, onToken, column, counts) : readGenerateLine(item, onToken);
@@ -200,7 +200,7 @@ async function run(column, signal) {
       setStat(column, "finish", "stopped");
     } else {
       failed = String(err);
-      showError(column, 0, "", `the request failed: ${err.message || err}`);
+      showError(column, 0, "", `the request failed (${err.message || err})`);
     }
     return;
   } finally {
@@ -327,8 +327,8 @@ function showError(column, status, raw, lead) {
   } catch {
     message = raw;
   }
-  $(".error-line", column.node).textContent = lead
-    || [status ? `HTTP ${status}` : "", kind, message].filter(Boolean).join(" - ");
+  const line = [status ? `HTTP ${status}` : "", kind, message].filter(Boolean).join(" - ");
+  $(".error-line", column.node).textContent = lead && line ? `${lead}: ${line}` : lead || line;
   $(".error-body", column.node).textContent = raw;
   $(".error", column.node).hidden = false;
   setStat(column, "finish", "error");
