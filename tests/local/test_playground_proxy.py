@@ -271,3 +271,35 @@ def test_the_command_serves_the_proxy_on_loopback_for_invokes_flags(server: Runn
     assert proxy.get("/playground/target").json()["target"] == f"endpoint lora-local at {server.url}"
     # AND it answers to no other host name
     assert proxy.get("/v1/models", headers={"Host": "evil.example"}).status_code == 403
+
+
+@pytest.mark.parametrize(("content_type", "path"), [("application/jsonlines", "/predict"),
+                                                    ("text/event-stream", "/v1/chat/completions")])
+def test_a_stream_cut_midway_ends_with_an_error_record_in_its_own_format(content_type: str, path: str) -> None:
+    # GIVEN an endpoint whose stream breaks after the first chunk
+    first = b'{"token": {"id": 1, "text": " Hi", "log_prob": null}}\n' if path == "/predict" else \
+        b'data: {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": " Hi"}}]}\n\n'
+
+    class Broken(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield first
+            raise httpx.ReadError("connection reset")
+
+    target = HttpTarget("http://127.0.0.1:8080")
+    target.http = httpx.Client(transport=httpx.MockTransport(
+        lambda request: httpx.Response(200, headers={"content-type": content_type}, stream=Broken())))
+    proxy = TestClient(create_proxy_app(target, hosts=HOSTS))
+    # WHEN the page streams from it
+    with proxy.stream("POST", path, json={"inputs": "x", "stream": True}) as response:
+        response.read()
+    # THEN what came is passed on, then one error record as the handler writes them (docs/handler.md#streaming)
+    assert response.status_code == 200 and response.content.startswith(first)
+    last = response.content[len(first):].decode()
+    if path == "/predict":
+        record = json.loads(last)
+        assert record["details"] == {"finish_reason": "error"}
+    else:
+        events = [line.removeprefix("data: ") for line in last.splitlines() if line]
+        assert events[-1] == "[DONE]"
+        record = json.loads(events[0])
+    assert record["code"] == 502 and record["type"] == "upstream_error" and "connection reset" in record["message"]
