@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None, *, run: Runner = subprocess.run, cdk
                                  f"{' '.join(build_flags)[:200]}")
             if not args.package.exists():
                 raise ValueError(f"--package {args.package}: no such file or folder")
+        elif not any(flag == "--base-model" or flag.startswith("--base-model=") for flag in build_flags):
+            raise ValueError("give --base-model (and --adapter NAME=PATH) to build a package, or --package PATH to "
+                             "deploy one built before")
         build_args = None if args.package is not None else package_cli.parser().parse_args(["build", *build_flags])
         if build_args is not None and args.synth and build_args.upload:
             raise ValueError("--synth uploads nothing: leave out --upload")

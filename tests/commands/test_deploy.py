@@ -107,6 +107,7 @@ def test_dry_run_prints_the_steps_and_runs_nothing(tiny_src: Path, tmp_path: Pat
     (["-c", "novalue"], "expected KEY=VALUE"),
     (["--package", "/nonexistent/model.tar.gz"], "no such file"),
     (["--package", "/nonexistent/model.tar.gz", "--merge"], "would be ignored"),
+    (["--synth", "--adapter", "a=out/a"], "give --base-model"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     run = Recorder()
