@@ -74,7 +74,7 @@ def _context(pairs: Sequence[str]) -> dict[str, str]:
 def _cdk_executable(root: Path) -> Path:
     cdk = root / "node_modules" / ".bin" / "cdk"
     if not cdk.exists():
-        raise NoCheckout(f"the CDK CLI is not installed in {root}: run `npm ci` there (Node.js 20+)")
+        raise NoCheckout(f"the CDK CLI is not installed in {root}: run `npm ci` there (Node.js 22+)")
     return cdk
 
 
