@@ -24,8 +24,9 @@ QA = DATA_DIR / "qa.jsonl"
 class DemoSizes:
     """How big the demo model is and how long each training phase runs."""
 
+    # Head dim 32 (96 / 3 heads): the smallest vLLM's CPU attention accepts, so both engines serve the demo.
     model: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(
-        hidden_size=96, intermediate_size=288, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        hidden_size=96, intermediate_size=288, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=3,
         max_position_embeddings=256, vocab_size=512, initializer_range=0.02, seed=0))
     pretrain_steps: int = 150
     lora_epochs: int = 200

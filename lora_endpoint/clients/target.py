@@ -193,9 +193,10 @@ class RuntimeTarget:
             import httpx
 
             try:
-                response = httpx.get(self.endpoint_url.rstrip("/") + "/ping", timeout=10)
+                url = self.endpoint_url.rstrip("/") + "/ping"
+                response = httpx.get(url, timeout=10)
             except httpx.HTTPError as err:
-                return Reply(0, str(err).encode(), time.perf_counter() - start)
+                return Reply(0, f"could not reach {url}: {err}".encode(), time.perf_counter() - start)
             return Reply(response.status_code, response.content, time.perf_counter() - start)
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -311,7 +312,7 @@ class HttpTarget:
                 return Reply(response.status_code, b"".join(chunks), time.perf_counter() - start, len(chunks),
                              response.headers.get("content-type", ""))
         except httpx.HTTPError as err:
-            return Reply(0, str(err).encode(), time.perf_counter() - start)
+            return Reply(0, f"could not reach {url}: {err}".encode(), time.perf_counter() - start)
 
 
 def _region_from_host(host: str) -> str | None:

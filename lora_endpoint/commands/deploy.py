@@ -5,7 +5,7 @@
     lora-endpoint deploy --base-model ./llama-3-8b --adapter support=out/support \\
         --upload s3://my-models/llama-lora -c region=us-east-1
     lora-endpoint deploy --package dist/model.tar.gz -c region=us-east-1     # an existing package
-    lora-endpoint deploy ... --synth        # everything but the deploy: the template, cdk-nag checked
+    lora-endpoint deploy ... --synth        # build + synthesize (cdk.out/, cdk-nag checked), offline
     lora-endpoint deploy ... --dry-run      # print the steps, run nothing
 
 Every flag of ``lora-endpoint package build`` is accepted and passed on (``--merge``, ``--dtype``,
@@ -13,7 +13,8 @@ Every flag of ``lora-endpoint package build`` is accepted and passed on (``--mer
 with it the package goes to that S3 prefix under its content hash (resumable, verified) and the stack reads
 it there. ``-c KEY=VALUE`` are the CDK app's context keys (docs/deploy.md, "Context keys"); ``model_data`` is set from
 the package. Needs a source checkout (the CDK app is not installed), Node.js with ``npm ci`` run there, and
-AWS credentials (``--profile``, or the usual environment).
+AWS credentials (``--profile``, or the usual environment). ``--synth`` needs neither the CDK CLI nor credentials:
+it runs the app itself (as ``make synth`` does) and writes the template to ``cdk.out/`` in the checkout.
 
 Exit codes: 0 deployed (or synthesized), 2 bad input (flags, adapters, context, no checkout or CDK CLI;
 nothing deployed), 1 the build, upload or ``cdk`` failed (its output is above), 130 interrupted.
@@ -22,6 +23,7 @@ nothing deployed), 1 the build, upload or ``cdk`` failed (its output is above), 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -50,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
                    help="cdk's approval prompt for security changes (default: broadening, cdk's own default)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--synth", action="store_true",
-                      help="build and synthesize only (offline, cdk-nag checked): nothing uploaded or deployed")
+                      help="build and synthesize only (offline, cdk-nag checked, no CDK CLI needed): the "
+                           "template goes to cdk.out/; nothing uploaded or deployed")
     mode.add_argument("--dry-run", action="store_true", help="print the steps and commands; run nothing")
     return p
 
@@ -71,11 +74,13 @@ def _context(pairs: Sequence[str]) -> dict[str, str]:
 def _cdk_executable(root: Path) -> Path:
     cdk = root / "node_modules" / ".bin" / "cdk"
     if not cdk.exists():
-        raise NoCheckout(f"the CDK CLI is not installed in {root}: run `npm ci` there (Node.js 20+)")
+        raise NoCheckout(f"the CDK CLI is not installed in {root}: run `npm ci` there (Node.js 22+)")
     return cdk
 
 
 def _cdk_command(cdk: Path, action: str, context: dict[str, str], args: argparse.Namespace) -> list[str]:
+    if action == "synth":  # the app itself, as `make synth`: the CLI would only pass the context on
+        return [sys.executable, "-m", "cdk.app"]
     # The app runs with this interpreter (cdk.json names .venv's), so the stack sees the same packages.
     command = [str(cdk), action, "--app", f"{shlex.quote(sys.executable)} -m cdk.app"]
     for key, value in context.items():
@@ -85,6 +90,18 @@ def _cdk_command(cdk: Path, action: str, context: dict[str, str], args: argparse
     if action == "deploy":
         command += ["--require-approval", args.require_approval]
     return command
+
+
+def _synth_env(root: Path, context: dict[str, str]) -> dict[str, str]:
+    """The environment the CDK CLI gives the app for a synth: cdk.json's context under the command line's, as
+    ``CDK_CONTEXT_JSON``, and the output folder (``CDK_OUTDIR``, default ``cdk.out/`` in the checkout)."""
+    try:
+        saved = json.loads((root / "cdk.json").read_text()).get("context", {})
+    except (OSError, ValueError, AttributeError):
+        saved = {}  # nothing saved there: the command line's context and the app's defaults
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps({**saved, **context})}
+    env.setdefault("CDK_OUTDIR", str(root / "cdk.out"))
+    return env
 
 
 def _step(number: int, total: int, text: str) -> None:
@@ -105,6 +122,9 @@ def main(argv: Sequence[str] | None = None, *, run: Runner = subprocess.run, cdk
                                  f"{' '.join(build_flags)[:200]}")
             if not args.package.exists():
                 raise ValueError(f"--package {args.package}: no such file or folder")
+        elif not any(flag == "--base-model" or flag.startswith("--base-model=") for flag in build_flags):
+            raise ValueError("give --base-model (and --adapter NAME=PATH) to build a package, or --package PATH to "
+                             "deploy one built before")
         build_args = None if args.package is not None else package_cli.parser().parse_args(["build", *build_flags])
         if build_args is not None and args.synth and build_args.upload:
             raise ValueError("--synth uploads nothing: leave out --upload")
@@ -116,7 +136,8 @@ def main(argv: Sequence[str] | None = None, *, run: Runner = subprocess.run, cdk
                 print("lora-endpoint package build " + shlex.join(build_flags))
             print(shlex.join(_cdk_command(cdk or Path("npx cdk"), action, planned, args)))
             return EXIT_OK
-        cdk = cdk or _cdk_executable(root)
+        if action == "deploy":
+            cdk = cdk or _cdk_executable(root)
     except (ValueError, NoCheckout) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -138,11 +159,13 @@ def main(argv: Sequence[str] | None = None, *, run: Runner = subprocess.run, cdk
     else:
         location = str(args.package)
     model_data = location if location.startswith("s3://") else str(Path(location).resolve())
-    command = _cdk_command(cdk, action, {**context, "model_data": model_data}, args)
+    context = {**context, "model_data": model_data}
+    command = _cdk_command(cdk or Path("cdk"), action, context, args)
     _step(total, total, f"cdk {action} with model_data={model_data}")
     print(shlex.join(command), file=sys.stderr, flush=True)
+    env = _synth_env(root, context) if action == "synth" else None
     try:
-        finished = run(command, cwd=root, check=False)
+        finished = run(command, cwd=root, check=False, env=env)
     except KeyboardInterrupt:
         print(f"interrupted: cdk {action} was stopped; `cdk deploy` again resumes (the stack's state is in "
               "CloudFormation)", file=sys.stderr)

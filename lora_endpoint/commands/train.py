@@ -114,10 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              max_length=args.max_length, eval_split=args.eval_split, seed=args.seed,
                              prompt_format=args.prompt_format, warmup_steps=args.warmup_steps, device=args.device)
     except ValueError as err:
-        print(f"train_lora: {err}", file=sys.stderr)
+        print(f"lora-endpoint train: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.threads < 0:
-        print(f"train_lora: --threads must be >= 0, got {args.threads}", file=sys.stderr)
+        print(f"lora-endpoint train: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if not args.progress:
         from transformers.utils import logging as hf_logging
@@ -131,15 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train_lora(args.base_model, args.data, args.output, config, progress=args.progress,
                             log=lambda line: print(line, file=sys.stderr))
     except (DatasetError, TrainingInputError) as err:
-        print(f"train_lora: {err}", file=sys.stderr)
+        print(f"lora-endpoint train: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("train_lora: interrupted", file=sys.stderr)
+        print("lora-endpoint train: interrupted", file=sys.stderr)
         return EXIT_FAILED
     summary = f"final train loss {result.train_losses[-1]:.4f}"
     if result.eval_losses:
         summary += f", eval loss {result.eval_losses[0]:.4f} -> {result.eval_losses[-1]:.4f}"
-    print(f"train_lora: {len(result.train_losses)} steps, {result.trainable_parameters} trainable parameters, "
+    print(f"lora-endpoint train: {len(result.train_losses)} steps, {result.trainable_parameters} trainable parameters, "
           f"{summary}", file=sys.stderr)
     print(args.output)  # the adapter folder, last line on stdout
     return EXIT_OK

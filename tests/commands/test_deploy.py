@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ def test_builds_the_package_then_deploys_it_with_the_context(tiny_src: Path, tmp
     [(command, kwargs)] = run.calls
     package = tmp_path / "dist" / "model.tar.gz"
     assert package.is_file()
-    assert command[:4] == ["/opt/cdk", "deploy", "--app", f"{__import__('sys').executable} -m cdk.app"]
+    assert command[:4] == ["/opt/cdk", "deploy", "--app", f"{sys.executable} -m cdk.app"]
     assert _context(command) == {"region": "us-east-1", "instance_type": "ml.g5.xlarge",
                                  "model_data": str(package.resolve())}
     assert command[-2:] == ["--require-approval", "never"] and kwargs["cwd"] == ROOT
@@ -65,14 +67,30 @@ def test_with_upload_the_stack_reads_the_package_from_s3(tiny_src: Path, tmp_pat
         boto3.client("s3").head_object(Bucket=bucket, Key=key)  # the object the stack will read exists
 
 
-def test_synth_runs_cdk_synth_and_an_existing_package_skips_the_build(tmp_path: Path) -> None:
+def test_synth_runs_the_app_with_the_context_and_an_existing_package_skips_the_build(tmp_path: Path) -> None:
     package = tmp_path / "model.tar.gz"
     package.write_bytes(b"x")
     run = Recorder()
-    assert deploy.main(["--package", str(package), "--synth"], run=run, cdk=Path("/opt/cdk")) == 0
-    command = run.calls[0][0]
-    assert command[1] == "synth" and "--require-approval" not in command
-    assert _context(command) == {"model_data": str(package.resolve())}
+    assert deploy.main(["--package", str(package), "--synth", "-c", "region=eu-west-1"], run=run) == 0
+    [(command, kwargs)] = run.calls
+    assert command == [sys.executable, "-m", "cdk.app"] and kwargs["cwd"] == ROOT
+    # The context the CDK CLI would pass (cdk.json's, then the command line's), and the checkout's cdk.out/.
+    assert json.loads(kwargs["env"]["CDK_CONTEXT_JSON"]) == {"region": "eu-west-1",
+                                                             "model_data": str(package.resolve())}
+    assert kwargs["env"]["CDK_OUTDIR"] == str(ROOT / "cdk.out")
+
+
+def test_synth_writes_a_template_for_the_built_package(tiny_src: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real thing, offline: build from adapter folders, synthesize (cdk-nag runs), read the template."""
+    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path / "cdk.out"))
+    assert deploy.main([*_flags(tiny_src, tmp_path), "--synth", "-c", "region=us-east-1"]) == 0
+    template = json.loads((tmp_path / "cdk.out" / "LoraEndpoint.template.json").read_text())
+    [model] = [r for r in template["Resources"].values() if r["Type"] == "AWS::SageMaker::Model"]
+    source = model["Properties"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]
+    # The built archive as a hashed asset (with no model_data the stack would read an S3 prefix instead).
+    assert (source["S3DataType"], source["CompressionType"]) == ("S3Object", "Gzip")
+    assert list((tmp_path / "cdk.out").glob("asset.*.tar.gz"))
 
 
 def test_dry_run_prints_the_steps_and_runs_nothing(tiny_src: Path, tmp_path: Path,
@@ -89,6 +107,7 @@ def test_dry_run_prints_the_steps_and_runs_nothing(tiny_src: Path, tmp_path: Pat
     (["-c", "novalue"], "expected KEY=VALUE"),
     (["--package", "/nonexistent/model.tar.gz"], "no such file"),
     (["--package", "/nonexistent/model.tar.gz", "--merge"], "would be ignored"),
+    (["--synth", "--adapter", "a=out/a"], "give --base-model"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     run = Recorder()

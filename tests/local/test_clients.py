@@ -27,6 +27,14 @@ def test_invoke_streams_and_reports_errors_by_exit_code(server, capsys) -> None:
     assert invoke.main(["--endpoint-url", server.url, "--body", "[1]"]) == 2
 
 
+def test_invoke_against_nothing_is_exit_1_and_names_the_url(capsys) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    assert invoke.main(["--api-url", url, "--prompt", "Hi", "--timeout", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"could not reach {url}/predict: ") and "status unreachable" in err
+    assert "Traceback" not in out + err
+
+
 def test_invoke_help_explains(capsys) -> None:
     with pytest.raises(SystemExit) as caught:
         invoke.main(["--help"])
