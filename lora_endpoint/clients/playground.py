@@ -152,7 +152,7 @@ def create_proxy_app(target: Target, *, info: dict[str, Any] | None = None,
     async def models() -> Response:
         reply = await run_in_threadpool(target.call, "info")
         if reply.status == 0:
-            return _error(502, "upstream_unreachable", f"{target.describe()} could not be reached: {reply.text[:300]}")
+            return _error(502, "upstream_unreachable", reply.text[:300])
         data = reply.json()
         if not reply.ok or not isinstance(data, dict):
             return JSONResponse(error_json(reply.status if not reply.ok else 502, reply.body),
@@ -180,7 +180,7 @@ def create_proxy_app(target: Target, *, info: dict[str, Any] | None = None,
             opened = await run_in_threadpool(target.open, route, body, stream=stream)
             if opened.status == 0:
                 text = b"".join(opened.chunks).decode("utf-8", errors="replace")[:300]
-                return _error(502, "upstream_unreachable", f"{target.describe()} could not be reached: {text}")
+                return _error(502, "upstream_unreachable", text)
             if opened.status >= 300:
                 whole = await run_in_threadpool(b"".join, opened.chunks)
                 return JSONResponse(error_json(opened.status, whole), status_code=opened.status)

@@ -287,7 +287,7 @@ class HttpTarget:
             request = self.http.build_request(method, url, content=data, headers=self._headers(method, url, data))
             response = self.http.send(request, stream=True)
         except httpx.HTTPError as err:
-            return Streamed(0, "", iter([str(err).encode()]))
+            return Streamed(0, "", iter([f"could not reach {url}: {err}".encode()]))
         content_type = response.headers.get("content-type", "")
 
         def chunks() -> Iterator[bytes]:

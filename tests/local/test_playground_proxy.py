@@ -114,6 +114,7 @@ def test_an_unreachable_target_is_a_502() -> None:
     proxy = TestClient(create_proxy_app(HttpTarget("http://127.0.0.1:9", timeout_s=2), hosts=HOSTS))
     for response in (proxy.get("/v1/models"), proxy.post("/predict", json=PROMPT)):
         assert response.status_code == 502 and response.json()["type"] == "upstream_unreachable"
+        assert response.json()["message"].startswith("could not reach http://127.0.0.1:9/")
 
 
 # ---------------------------------------------------------------- a deployed endpoint through boto3
