@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lora_endpoint.contract.errors import error_body, full_error_body
-from lora_endpoint.local import playground_page
+from lora_endpoint.local import DEFAULT_ENDPOINT_NAME, playground_page
 
 from .target import HttpTarget, RuntimeTarget, Target
 
@@ -54,6 +54,8 @@ def target_info(target: Target, *, streaming: bool = True) -> dict[str, Any]:
         local = is_loopback(target.base)
         info.update(kind="local" if local else "api", url=target.base, sigv4=target.credentials is not None,
                     api_key=bool(target.api_key), region=target.region or "us-east-1")
+        if local:  # the boto3 snippet calls its runtime API, which answers to this name
+            info["endpoint_name"] = DEFAULT_ENDPOINT_NAME
         streaming = streaming and local
     elif isinstance(target, RuntimeTarget):
         info.update(kind="local" if target.endpoint_url else "sagemaker", url=target.endpoint_url,

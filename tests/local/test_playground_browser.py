@@ -245,6 +245,59 @@ def test_a_stream_that_fails_midway_shows_its_error_record(page: Any, server: Ru
     assert column.locator(".stat-finish").text_content() == "error"
 
 
+@contextlib.contextmanager
+def _proxy(target: Any) -> Iterator[str]:
+    """``lora-endpoint playground``'s app for ``target`` on a free port, in a thread."""
+    import threading
+
+    import uvicorn
+
+    from lora_endpoint.clients.playground import create_proxy_app
+
+    port = free_port()
+    proxy = uvicorn.Server(uvicorn.Config(create_proxy_app(target), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=proxy.run, name=f"proxy-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not proxy.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the proxy did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proxy.should_exit = True
+        thread.join(30)
+
+
+@pytest.mark.parametrize("server", ["async"], indirect=True)
+def test_the_page_through_the_proxy(page: Any, server: Running) -> None:
+    from lora_endpoint.clients.target import HttpTarget
+
+    # GIVEN the proxy in front of the local endpoint's routes (lora-endpoint playground --api-url URL)
+    with _proxy(HttpTarget(server.url)) as url:
+        base = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+        _open(page, url, models=[base, "beta"])
+        assert page.locator("#target").text_content() == server.url
+        page.fill("#prompt", PROMPT)
+        # WHEN one prompt goes to both columns
+        _send(page)
+        # THEN each shows what the endpoint answers (greedy), streamed through the proxy
+        for model, extra in ((base, {}), ("beta", {"adapters": "beta"})):
+            direct = httpx.post(server.url + "/predict", timeout=60, json={
+                "inputs": PROMPT, "parameters": {"max_new_tokens": 16, "temperature": 0}, **extra}).json()
+            assert _column(page, model).locator(".answer").text_content() == direct["generated_text"]
+        # AND the copied boto3 code calls the endpoint itself (its runtime API), not the proxy
+        page.uncheck("#stream")
+        _column(page, "beta").locator("button[data-as=boto3]").click()
+        code = _column(page, "beta").locator(".code").text_content()
+        assert f'endpoint_url="{server.url}"' in code and 'EndpointName="lora-local"' in code
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, "<copied boto3 code>", "exec"), {})
+        assert "generated_text" in printed.getvalue()
+        assert all(request.startswith(url + "/") for request in page.requests), page.requests
+
+
 def _screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name

@@ -108,6 +108,7 @@ def test_the_proxy_serves_the_same_page(local_proxy: TestClient, server: Running
     assert local_proxy.get("/", follow_redirects=False).headers["location"] == "/playground"
     info = local_proxy.get("/playground/target").json()
     assert info["kind"] == "local" and info["streaming"] is True and info["url"] == server.url
+    assert info["endpoint_name"] == "lora-local"  # what its runtime API answers to, for the boto3 snippet
 
 
 def test_an_unreachable_target_is_a_502() -> None:
