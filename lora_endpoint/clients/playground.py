@@ -179,6 +179,8 @@ def create_proxy_app(target: Target, *, info: dict[str, Any] | None = None,
             stream = bool(body.pop("stream", False)) and streaming
             if not stream:
                 body.pop("stream_options", None)
+            # The page names the adapter in the body (adapters / model), so concurrent columns share no
+            # per-call state of the target (RuntimeTarget's adapter header is per instance).
             opened = await run_in_threadpool(target.open, route, body, stream=stream)
             if opened.status == 0:
                 text = b"".join(opened.chunks).decode("utf-8", errors="replace")[:300]
