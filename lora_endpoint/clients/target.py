@@ -107,8 +107,9 @@ class RuntimeTarget:
         config = Config(read_timeout=timeout_s, connect_timeout=5, retries={"max_attempts": 1, "mode": "standard"})
         self.endpoint_name = endpoint_name
         self.endpoint_url = endpoint_url
+        self.profile = None if endpoint_url else profile
         try:
-            self.session = boto3.Session(profile_name=None if endpoint_url else profile)
+            self.session = boto3.Session(profile_name=self.profile)
             self.client = self.session.client("sagemaker-runtime", config=config, **kwargs)
         except BotoCoreError as err:  # an unknown profile, no region
             raise TargetError(f"{err} (see --profile, --region)") from None

@@ -246,8 +246,8 @@ def test_a_stream_that_fails_midway_shows_its_error_record(page: Any, server: Ru
 
 
 @contextlib.contextmanager
-def _proxy(target: Any) -> Iterator[str]:
-    """``lora-endpoint playground``'s app for ``target`` on a free port, in a thread."""
+def _proxy(target: Any, info: dict[str, Any] | None = None) -> Iterator[str]:
+    """``lora-endpoint playground``'s app for ``target`` (telling the page ``info``) on a free port, in a thread."""
     import threading
 
     import uvicorn
@@ -255,7 +255,8 @@ def _proxy(target: Any) -> Iterator[str]:
     from lora_endpoint.clients.playground import create_proxy_app
 
     port = free_port()
-    proxy = uvicorn.Server(uvicorn.Config(create_proxy_app(target), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_proxy_app(target, info=info)
+    proxy = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=proxy.run, name=f"proxy-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -296,6 +297,27 @@ def test_the_page_through_the_proxy(page: Any, server: Running) -> None:
             exec(compile(code, "<copied boto3 code>", "exec"), {})
         assert "generated_text" in printed.getvalue()
         assert all(request.startswith(url + "/") for request in page.requests), page.requests
+
+
+@pytest.mark.parametrize("server", ["async"], indirect=True)
+def test_the_boto3_code_for_a_deployed_endpoint_names_its_region_and_profile(page: Any, server: Running) -> None:
+    from lora_endpoint.clients.playground import target_info
+    from lora_endpoint.clients.target import RuntimeTarget
+
+    # GIVEN the proxy as `--endpoint-name prod --region eu-west-1 --profile dev` tells the page (the calls
+    # themselves go to the local endpoint's runtime API)
+    target = RuntimeTarget("lora-local", endpoint_url=server.url)
+    info = {**target_info(target), "kind": "sagemaker", "url": None, "endpoint_name": "prod",
+            "region": "eu-west-1", "profile": "dev"}
+    with _proxy(target, info) as url:
+        _open(page, url, models=["alpha"])
+        # WHEN the boto3 code is copied
+        _column(page, "alpha").locator("button[data-as=boto3]").click()
+        code = _column(page, "alpha").locator(".code").text_content()
+    # THEN it calls that endpoint with that profile and region, and is Python
+    assert 'runtime = boto3.Session(profile_name="dev").client("sagemaker-runtime", region_name="eu-west-1")' in code
+    assert 'EndpointName="prod"' in code and "endpoint_url" not in code
+    compile(code, "<copied boto3 code>", "exec")
 
 
 def _screenshot(page: Any, name: str) -> Path:

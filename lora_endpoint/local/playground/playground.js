@@ -383,7 +383,8 @@ function snippet(column, as) {
     const client = local
       ? `runtime = boto3.client("sagemaker-runtime", endpoint_url=${JSON.stringify(endpointUrl())}, region_name="us-east-1",\n`
         + '                       aws_access_key_id="local", aws_secret_access_key="local")  # any keys locally'
-      : `runtime = boto3.client("sagemaker-runtime", region_name=${JSON.stringify(target.region || "us-east-1")})`;
+      : `runtime = ${target.profile ? `boto3.Session(profile_name=${JSON.stringify(target.profile)})` : "boto3"}`
+        + `.client("sagemaker-runtime", region_name=${JSON.stringify(target.region || "us-east-1")})`;
     const call = stream
       ? ["response = runtime.invoke_endpoint_with_response_stream(",
          `    EndpointName=${JSON.stringify(target.endpoint_name)}, ContentType="application/json", Body=json.dumps(body))`,
