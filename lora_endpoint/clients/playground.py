@@ -49,7 +49,8 @@ def target_info(target: Target, *, streaming: bool = True) -> dict[str, Any]:
     """What the page shows and writes its snippets for (see ``playground_page.TargetInfo``). A deployed API
     Gateway cannot stream, so its answers are asked for whole whatever ``streaming`` says."""
     info: dict[str, Any] = {"target": target.describe(), "url": None, "endpoint_name": "lora-endpoint",
-                            "region": "us-east-1", "sigv4": False, "api_key": False, "profile": None}
+                            "region": "us-east-1", "sigv4": False, "api_key": False, "profile": None,
+                            "inference_component": None}
     if isinstance(target, HttpTarget):
         local = is_loopback(target.base)
         info.update(kind="local" if local else "api", url=target.base, sigv4=target.credentials is not None,
@@ -60,7 +61,7 @@ def target_info(target: Target, *, streaming: bool = True) -> dict[str, Any]:
     elif isinstance(target, RuntimeTarget):
         info.update(kind="local" if target.endpoint_url else "sagemaker", url=target.endpoint_url,
                     endpoint_name=target.endpoint_name, region=target.client.meta.region_name or "us-east-1",
-                    profile=target.profile)
+                    profile=target.profile, inference_component=target.inference_component)
     else:
         info["kind"] = "local"
     info["streaming"] = streaming

@@ -93,10 +93,15 @@ def with_adapter(route: str, body: dict[str, Any], adapter: str | None) -> dict[
 
 
 class RuntimeTarget:
-    """boto3 ``invoke_endpoint`` / ``invoke_endpoint_with_response_stream`` (every route is a body shape)."""
+    """boto3 ``invoke_endpoint`` / ``invoke_endpoint_with_response_stream`` (every route is a body shape).
+
+    ``inference_component`` is the runtime's ``InferenceComponentName`` for every call: on an endpoint with
+    inference components the base component (adapters in the package are then named in the body, as
+    usual) or an adapter's component (SageMaker tells the container which adapter)."""
 
     def __init__(self, endpoint_name: str, *, endpoint_url: str | None = None, region: str | None = None,
-                 timeout_s: float = 70.0, profile: str | None = None) -> None:
+                 timeout_s: float = 70.0, profile: str | None = None,
+                 inference_component: str | None = None) -> None:
         import boto3
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError
@@ -108,6 +113,9 @@ class RuntimeTarget:
         self.endpoint_name = endpoint_name
         self.endpoint_url = endpoint_url
         self.profile = None if endpoint_url else profile
+        # botocore sends no empty parameter: the component goes in only when there is one.
+        self._component: dict[str, str] = {"InferenceComponentName": inference_component} if inference_component else {}
+        self.inference_component = inference_component
         try:
             self.session = boto3.Session(profile_name=self.profile)
             self.client = self.session.client("sagemaker-runtime", config=config, **kwargs)
@@ -117,7 +125,8 @@ class RuntimeTarget:
         self.client.meta.events.register("before-sign.sagemaker-runtime.*", self._add_adapter_header)
 
     def describe(self) -> str:
-        return f"endpoint {self.endpoint_name}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        component = f", component {self.inference_component}" if self.inference_component else ""
+        return f"endpoint {self.endpoint_name}{component}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
 
     def _add_adapter_header(self, request: Any, **_: Any) -> None:
         if self._adapter:
@@ -139,12 +148,13 @@ class RuntimeTarget:
         try:
             if stream:
                 streamed = self.client.invoke_endpoint_with_response_stream(
-                    EndpointName=self.endpoint_name, Body=payload, ContentType="application/json")
+                    EndpointName=self.endpoint_name, Body=payload, ContentType="application/json", **self._component)
                 parts = [event["PayloadPart"]["Bytes"] for event in streamed["Body"] if "PayloadPart" in event]
                 return Reply(200, b"".join(parts), time.perf_counter() - start, len(parts),
                              streamed.get("ContentType", ""))
             whole = self.client.invoke_endpoint(EndpointName=self.endpoint_name, Body=payload,
-                                                ContentType="application/json", Accept="application/json")
+                                                ContentType="application/json", Accept="application/json",
+                                                **self._component)
             return Reply(200, whole["Body"].read(), time.perf_counter() - start, 0, whole.get("ContentType", ""))
         except EventStreamError as err:
             return Reply(500, str(err).encode(), time.perf_counter() - start)
@@ -167,7 +177,8 @@ class RuntimeTarget:
         start = time.perf_counter()
         try:
             streamed = self.client.invoke_endpoint_with_response_stream(
-                EndpointName=self.endpoint_name, Body=json.dumps(request).encode(), ContentType="application/json")
+                EndpointName=self.endpoint_name, Body=json.dumps(request).encode(), ContentType="application/json",
+                **self._component)
         except ClientError as err:
             return _whole(_client_error_reply(err, start))
         except BotoCoreError as err:
@@ -323,14 +334,23 @@ def _region_from_host(host: str) -> str | None:
 
 def make_target(*, api_url: str | None = None, endpoint_name: str | None = None, endpoint_url: str | None = None,
                 region: str | None = None, api_key: str | None = None, sigv4: bool = False,
-                timeout_s: float = 70.0, profile: str | None = None) -> Target:
+                timeout_s: float = 70.0, profile: str | None = None, inference_component: str | None = None) -> Target:
     """The target the command line names: ``--api-url`` or a SageMaker endpoint (``--endpoint-url`` = local)."""
     if api_url:
+        if inference_component:
+            raise TargetError("--inference-component is for boto3 (--endpoint-name): through --api-url the API "
+                              "picks the component from the adapter header")
         return HttpTarget(api_url, api_key=api_key, sigv4=sigv4, region=region, timeout_s=timeout_s, profile=profile)
     if not endpoint_name:
         raise TargetError("give --api-url, or --endpoint-name (and --endpoint-url for the local endpoint)")
+    if inference_component is not None:
+        from lora_endpoint.local import component_name_problem  # the names botocore's model allows
+
+        problem = component_name_problem(inference_component)
+        if problem:
+            raise TargetError(f"--inference-component: {problem}")
     return RuntimeTarget(endpoint_name, endpoint_url=endpoint_url, region=region, timeout_s=timeout_s,
-                         profile=profile)
+                         profile=profile, inference_component=inference_component)
 
 
 def add_target_args(parser: Any) -> None:
@@ -341,6 +361,11 @@ def add_target_args(parser: Any) -> None:
                        help="runtime URL for boto3, e.g. http://127.0.0.1:8080 for the local endpoint")
     group.add_argument("--region", help="AWS region (default: the AWS config's)")
     group.add_argument("--profile", help="AWS profile for boto3 and --sigv4 (default: the environment's credentials)")
+    group.add_argument("--inference-component", metavar="NAME",
+                       help="with boto3, on an endpoint with inference components: the component that answers "
+                            "(InferenceComponentName): the base one (the stack's BaseInferenceComponentName "
+                            "output; lora-local-base locally), with --adapter for an adapter in the package, or "
+                            "an adapter's own component")
     group.add_argument("--api-url", help="API Gateway stage URL (or the local endpoint's URL) instead of boto3")
     group.add_argument("--api-key", help="API key for --api-url (sent as x-api-key)")
     group.add_argument("--sigv4", action="store_true", help="sign --api-url requests with SigV4 (execute-api)")
@@ -355,4 +380,4 @@ def target_from_args(args: Any) -> Target:
         endpoint_name = DEFAULT_ENDPOINT_NAME
     return make_target(api_url=args.api_url, endpoint_name=endpoint_name, endpoint_url=args.endpoint_url,
                        region=args.region, api_key=args.api_key, sigv4=args.sigv4, timeout_s=args.timeout,
-                       profile=args.profile)
+                       profile=args.profile, inference_component=args.inference_component)

@@ -2,6 +2,7 @@
 
     lora-endpoint invoke --endpoint-url http://127.0.0.1:8080 --prompt "Hello" --adapter alpha
     lora-endpoint invoke --endpoint-name my-endpoint --region eu-west-1 --body '{"inputs": "Hi"}' --stream
+    lora-endpoint invoke --endpoint-name my-endpoint --inference-component sql --prompt "SELECT"  # an adapter component
     lora-endpoint invoke --api-url https://ID.execute-api.REGION.amazonaws.com/prod --sigv4 --route chat --prompt Hi
 
 Exit codes: 0 the call succeeded, 1 the endpoint answered an error (or could not be reached),

@@ -37,7 +37,8 @@ TargetInfo = Callable[[Request], dict[str, Any]]
 """What ``GET /playground/target`` answers: ``kind`` (``local``, ``sagemaker``, ``api``), ``target`` (one line
 for people), ``streaming`` (whether the target can stream), and for the snippets ``url`` (the endpoint's HTTP
 base, or None for the page's own origin), ``endpoint_name``, ``region``, ``sigv4``, ``api_key``, ``profile`` (the
-AWS profile boto3 should use, or None)."""
+AWS profile boto3 should use, or None), ``inference_component`` (the ``InferenceComponentName`` its calls
+carry, or None)."""
 
 
 @cache
@@ -51,7 +52,7 @@ def local_target(endpoint_name: str) -> TargetInfo:
     def info(request: Request) -> dict[str, Any]:
         return {"kind": "local", "target": f"this local endpoint ({endpoint_name})", "streaming": True, "url": None,
                 "endpoint_name": endpoint_name, "region": "us-east-1", "sigv4": False, "api_key": False,
-                "profile": None}
+                "profile": None, "inference_component": None}
 
     return info
 

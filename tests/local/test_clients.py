@@ -35,6 +35,31 @@ def test_invoke_against_nothing_is_exit_1_and_names_the_url(capsys) -> None:
     assert "Traceback" not in out + err
 
 
+def test_invoke_names_an_inference_component_as_the_runtime_takes_it(server, capsys) -> None:
+    def answer(*flags: str) -> str:
+        assert invoke.main(["--endpoint-url", server.url, "--prompt", "Hello", "--max-new-tokens", "5",
+                            "--raw", *flags]) == 0
+        return json.loads(capsys.readouterr().out)["generated_text"]
+
+    # the base component answers as the base model; an adapter's component as that adapter
+    assert answer("--inference-component", "lora-local-base") == answer()
+    assert answer("--inference-component", "alpha") == answer("--adapter", "alpha") != answer()
+    # a component the endpoint does not have: the runtime's ValidationError, exit 1
+    assert invoke.main(["--endpoint-url", server.url, "--prompt", "Hi", "--inference-component", "nope"]) == 1
+    out, err = capsys.readouterr()
+    assert "status 400" in err and "nope" in out
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--inference-component", "bad_name"], "is not an inference component name"),
+    (["--api-url", "http://127.0.0.1:1", "--inference-component", "base"], "is for boto3"),
+])
+def test_invoke_refuses_a_component_it_cannot_send(flags, message, capsys) -> None:
+    assert invoke.main(["--endpoint-url", "http://127.0.0.1:1", "--prompt", "Hi", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 def test_invoke_help_explains(capsys) -> None:
     with pytest.raises(SystemExit) as caught:
         invoke.main(["--help"])
@@ -42,9 +67,10 @@ def test_invoke_help_explains(capsys) -> None:
     assert "--endpoint-url" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("door", ["boto3", "api"])
+@pytest.mark.parametrize("door", ["boto3", "api", "component"])
 def test_smoke_test_passes_against_the_local_endpoint(server, capsys, door) -> None:
-    target = ["--endpoint-url", server.url] if door == "boto3" else ["--api-url", server.url]
+    target = {"boto3": ["--endpoint-url", server.url], "api": ["--api-url", server.url],
+              "component": ["--endpoint-url", server.url, "--inference-component", "lora-local-base"]}[door]
     code = smoke_test.main([*target, "--max-new-tokens", "4"])
     out = capsys.readouterr().out
     assert code == 0, out

@@ -300,24 +300,28 @@ def test_the_page_through_the_proxy(page: Any, server: Running) -> None:
 
 
 @pytest.mark.parametrize("server", ["async"], indirect=True)
-def test_the_boto3_code_for_a_deployed_endpoint_names_its_region_and_profile(page: Any, server: Running) -> None:
+def test_the_code_for_a_deployed_endpoint_names_its_region_profile_and_component(page: Any, server: Running) -> None:
     from lora_endpoint.clients.playground import target_info
     from lora_endpoint.clients.target import RuntimeTarget
 
-    # GIVEN the proxy as `--endpoint-name prod --region eu-west-1 --profile dev` tells the page (the calls
-    # themselves go to the local endpoint's runtime API)
+    # GIVEN the proxy as `--endpoint-name prod --region eu-west-1 --profile dev --inference-component
+    # prod-base` tells the page (the calls themselves go to the local endpoint's runtime API)
     target = RuntimeTarget("lora-local", endpoint_url=server.url)
     info = {**target_info(target), "kind": "sagemaker", "url": None, "endpoint_name": "prod",
-            "region": "eu-west-1", "profile": "dev"}
+            "region": "eu-west-1", "profile": "dev", "inference_component": "prod-base"}
     with _proxy(target, info) as url:
         _open(page, url, models=["alpha"])
-        # WHEN the boto3 code is copied
+        # WHEN the boto3 and curl code are copied
         _column(page, "alpha").locator("button[data-as=boto3]").click()
         code = _column(page, "alpha").locator(".code").text_content()
-    # THEN it calls that endpoint with that profile and region, and is Python
+        _column(page, "alpha").locator("button[data-as=curl]").click()
+        curl = _column(page, "alpha").locator(".code").text_content()
+    # THEN they call that endpoint's component with that profile and region, and the code is Python
     assert 'runtime = boto3.Session(profile_name="dev").client("sagemaker-runtime", region_name="eu-west-1")' in code
-    assert 'EndpointName="prod"' in code and "endpoint_url" not in code
+    assert 'EndpointName="prod", InferenceComponentName="prod-base",' in code and "endpoint_url" not in code
     compile(code, "<copied boto3 code>", "exec")
+    assert "runtime.sagemaker.eu-west-1.amazonaws.com/endpoints/prod/" in curl
+    assert "-H 'X-Amzn-SageMaker-Inference-Component: prod-base'" in curl
 
 
 def _screenshot(page: Any, name: str) -> Path:

@@ -174,13 +174,14 @@ def test_sagemaker_model_list_and_a_whole_answer(sagemaker: tuple[TestClient, An
         "sagemaker", "my-endpoint", "eu-west-1", True)
 
 
-def test_the_page_is_told_the_aws_profile_for_its_boto3_code(aws_keys: None, tmp_path: Path,
+def test_the_page_is_told_the_aws_profile_and_component_for_its_code(aws_keys: None, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "config"
     config.write_text("[profile dev]\nregion = eu-west-1\naws_access_key_id = AKIDDEV\naws_secret_access_key = s\n")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    info = target_info(RuntimeTarget("my-endpoint", profile="dev"))
-    assert (info["kind"], info["profile"], info["region"]) == ("sagemaker", "dev", "eu-west-1")
+    info = target_info(RuntimeTarget("my-endpoint", profile="dev", inference_component="my-endpoint-base"))
+    assert (info["kind"], info["profile"], info["region"], info["inference_component"]) == (
+        "sagemaker", "dev", "eu-west-1", "my-endpoint-base")
     # the local endpoint takes any credentials: no profile in its snippets
     assert target_info(RuntimeTarget("lora-local", endpoint_url="http://127.0.0.1:8080", profile="dev"))[
         "profile"] is None

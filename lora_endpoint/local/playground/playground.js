@@ -371,6 +371,9 @@ function snippet(column, as) {
          `  --aws-sigv4 "aws:amz:${target.region}:sagemaker" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"`,
          '  -H "x-amz-security-token: $AWS_SESSION_TOKEN"']
       : [`curl${stream ? " -N" : ""} ${endpointUrl()}${ROUTES[kind]}`];
+    if (target.kind === "sagemaker" && target.inference_component) {
+      lines.push(`  -H ${shellQuote("X-Amzn-SageMaker-Inference-Component: " + target.inference_component)}`);
+    }
     if (target.kind === "api" && target.sigv4) {
       lines.push(`  --aws-sigv4 "aws:amz:${target.region}:execute-api" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"`);
     }
@@ -385,13 +388,16 @@ function snippet(column, as) {
         + '                       aws_access_key_id="local", aws_secret_access_key="local")  # any keys locally'
       : `runtime = ${target.profile ? `boto3.Session(profile_name=${JSON.stringify(target.profile)})` : "boto3"}`
         + `.client("sagemaker-runtime", region_name=${JSON.stringify(target.region || "us-east-1")})`;
+    // On an endpoint with inference components the runtime wants the component on every call.
+    const component = target.inference_component
+      ? `InferenceComponentName=${JSON.stringify(target.inference_component)},\n    ` : "";
     const call = stream
       ? ["response = runtime.invoke_endpoint_with_response_stream(",
-         `    EndpointName=${JSON.stringify(target.endpoint_name)}, ContentType="application/json", Body=json.dumps(body))`,
+         `    EndpointName=${JSON.stringify(target.endpoint_name)}, ${component}ContentType="application/json", Body=json.dumps(body))`,
          'for event in response["Body"]:',
          '    print(event["PayloadPart"]["Bytes"].decode(), end="")']
       : ["response = runtime.invoke_endpoint(",
-         `    EndpointName=${JSON.stringify(target.endpoint_name)}, ContentType="application/json", Body=json.dumps(body))`,
+         `    EndpointName=${JSON.stringify(target.endpoint_name)}, ${component}ContentType="application/json", Body=json.dumps(body))`,
          'print(json.loads(response["Body"].read()))'];
     const note = target.kind === "api"
       ? ["# boto3 calls the SageMaker runtime, not API Gateway: the endpoint behind the API (the stack's EndpointName)"]
