@@ -19,8 +19,10 @@ the proxy never grants).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +36,8 @@ from lora_endpoint.contract.errors import error_body, full_error_body
 from lora_endpoint.local import DEFAULT_ENDPOINT_NAME, playground_page
 
 from .target import HttpTarget, RuntimeTarget, Target
+
+log = logging.getLogger("lora_endpoint.playground")
 
 # The page's routes -> the target's route names (``clients.target.ROUTES``).
 FORWARDED = {"/predict": "predict", "/rag": "rag", "/v1/chat/completions": "chat"}
@@ -68,18 +72,50 @@ def target_info(target: Target, *, streaming: bool = True) -> dict[str, Any]:
     return info
 
 
-def models_from_info(info: dict[str, Any]) -> dict[str, Any]:
+def models_from_info(info: dict[str, Any], components: Iterable[str] = ()) -> dict[str, Any]:
     """Model info (the handler's ``{"task": "info"}`` answer) as OpenAI's model list, the way the local
-    endpoint's ``GET /v1/models`` answers it: the base first, then each adapter with ``parent`` the base."""
+    endpoint's ``GET /v1/models`` answers it: the base first, then each adapter with ``parent`` the base;
+    then the adapter inference components ``components`` (a package adapter of the same name is the
+    component's: that is what the name reaches)."""
     base = str(info.get("base_model") or "base")
     data = [{"id": base, "object": "model", "owned_by": "lora-endpoint", "root": base, "parent": None,
              "max_model_len": info.get("context_length")}]
+    live = list(dict.fromkeys(components))
     for adapter in info.get("adapters") or []:
-        if isinstance(adapter, dict) and adapter.get("name"):
+        if isinstance(adapter, dict) and adapter.get("name") and str(adapter["name"]) not in live:
             name = str(adapter["name"])
             data.append({"id": name, "object": "model", "owned_by": "lora-endpoint", "root": name, "parent": base,
                          "max_model_len": None})
+    data += [{"id": name, "object": "model", "owned_by": "lora-endpoint", "root": name, "parent": base,
+              "max_model_len": None, "inference_component": name} for name in live]
     return {"object": "list", "data": data}
+
+
+def adapter_components(target: Target) -> list[str]:
+    """The adapter inference components on the target's base component: a deployed endpoint named with
+    ``--inference-component`` (its base) has adapters the base's model info does not list. Empty for any
+    other target, and when the list cannot be read (e.g. no ``sagemaker:ListInferenceComponents``: the
+    package's adapters are still listed)."""
+    if not isinstance(target, RuntimeTarget) or target.endpoint_url or not target.inference_component:
+        return []
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .components import endpoint_components
+
+    try:
+        found = endpoint_components(target.control, target.endpoint_name)
+    except (BotoCoreError, ClientError) as err:
+        log.warning("cannot list the adapter components of %s (%s): only the package's adapters are shown",
+                    target.endpoint_name, err)
+        return []
+    return [c.name for c in found if c.base == target.inference_component]
+
+
+def _named_adapter(route: str, body: dict[str, Any]) -> tuple[str, str] | None:
+    """The body's key and the one adapter it names (``adapters`` as a string, or chat's ``model``)."""
+    key = "model" if route == "chat" else "adapters"
+    value = body.get(key)
+    return (key, value) if isinstance(value, str) else None
 
 
 def _aws_type(code: str) -> str:
@@ -152,6 +188,9 @@ def create_proxy_app(target: Target, *, info: dict[str, Any] | None = None,
     async def root() -> Response:
         return RedirectResponse("/playground")
 
+    # The adapter components found by the last model list: a column for one of them goes to its component.
+    components: set[str] = set()
+
     @app.get("/v1/models")
     async def models() -> Response:
         reply = await run_in_threadpool(target.call, "info")
@@ -161,7 +200,10 @@ def create_proxy_app(target: Target, *, info: dict[str, Any] | None = None,
         if not reply.ok or not isinstance(data, dict):
             return JSONResponse(error_json(reply.status if not reply.ok else 502, reply.body),
                                 status_code=reply.status if not reply.ok else 502)
-        return JSONResponse(models_from_info(data))
+        live = await run_in_threadpool(adapter_components, target)
+        components.clear()
+        components.update(live)
+        return JSONResponse(models_from_info(data, live))
 
     def forwarder(route: str) -> Callable[[Request], Any]:
         async def forward(request: Request) -> Response:
@@ -182,8 +224,15 @@ def create_proxy_app(target: Target, *, info: dict[str, Any] | None = None,
             if not stream:
                 body.pop("stream_options", None)
             # The page names the adapter in the body (adapters / model), so concurrent columns share no
-            # per-call state of the target (RuntimeTarget's adapter header is per instance).
-            opened = await run_in_threadpool(target.open, route, body, stream=stream)
+            # per-call state of the target (RuntimeTarget's adapter header is per instance). An adapter that is
+            # its own inference component is reached by naming that component instead.
+            named = _named_adapter(route, body)
+            if named is not None and named[1] in components and isinstance(target, RuntimeTarget):
+                del body[named[0]]
+                opened = await run_in_threadpool(partial(target.open, route, body, stream=stream,
+                                                         component=named[1]))
+            else:
+                opened = await run_in_threadpool(target.open, route, body, stream=stream)
             if opened.status == 0:
                 text = b"".join(opened.chunks).decode("utf-8", errors="replace")[:300]
                 return _error(502, "upstream_unreachable", text)

@@ -116,6 +116,7 @@ class RuntimeTarget:
         # botocore sends no empty parameter: the component goes in only when there is one.
         self._component: dict[str, str] = {"InferenceComponentName": inference_component} if inference_component else {}
         self.inference_component = inference_component
+        self._control: Any = None
         try:
             self.session = boto3.Session(profile_name=self.profile)
             self.client = self.session.client("sagemaker-runtime", config=config, **kwargs)
@@ -128,12 +129,24 @@ class RuntimeTarget:
         component = f", component {self.inference_component}" if self.inference_component else ""
         return f"endpoint {self.endpoint_name}{component}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
 
+    def _components(self, component: str | None) -> dict[str, str]:
+        """The ``InferenceComponentName`` parameter of one call: ``component``, else the target's (if any)."""
+        return {"InferenceComponentName": component} if component else self._component
+
+    @property
+    def control(self) -> Any:
+        """The ``sagemaker`` (control plane) client of the same session and region, made on first use."""
+        if self._control is None:
+            self._control = self.session.client("sagemaker", region_name=self.client.meta.region_name)
+        return self._control
+
     def _add_adapter_header(self, request: Any, **_: Any) -> None:
         if self._adapter:
             request.headers[ADAPTER_HEADER] = self._adapter
 
     def call(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
-             stream: bool = False) -> Reply:
+             stream: bool = False, component: str | None = None) -> Reply:
+        """One call; ``component`` names the inference component for this call only."""
         from botocore.exceptions import BotoCoreError, ClientError, EventStreamError
 
         if route == "health":
@@ -148,13 +161,14 @@ class RuntimeTarget:
         try:
             if stream:
                 streamed = self.client.invoke_endpoint_with_response_stream(
-                    EndpointName=self.endpoint_name, Body=payload, ContentType="application/json", **self._component)
+                    EndpointName=self.endpoint_name, Body=payload, ContentType="application/json",
+                    **self._components(component))
                 parts = [event["PayloadPart"]["Bytes"] for event in streamed["Body"] if "PayloadPart" in event]
                 return Reply(200, b"".join(parts), time.perf_counter() - start, len(parts),
                              streamed.get("ContentType", ""))
             whole = self.client.invoke_endpoint(EndpointName=self.endpoint_name, Body=payload,
                                                 ContentType="application/json", Accept="application/json",
-                                                **self._component)
+                                                **self._components(component))
             return Reply(200, whole["Body"].read(), time.perf_counter() - start, 0, whole.get("ContentType", ""))
         except EventStreamError as err:
             return Reply(500, str(err).encode(), time.perf_counter() - start)
@@ -166,19 +180,19 @@ class RuntimeTarget:
             self._adapter = None
 
     def open(self, route: str, body: dict[str, Any] | None = None, *, adapter: str | None = None,
-             stream: bool = False) -> Streamed:
+             stream: bool = False, component: str | None = None) -> Streamed:
         """``call``, but a stream's ``PayloadPart`` bytes are handed on as they arrive."""
         from botocore.exceptions import BotoCoreError, ClientError, EventStreamError
 
         if not stream or route in ("info", "health"):
-            return _whole(self.call(route, body, adapter=adapter))
+            return _whole(self.call(route, body, adapter=adapter, component=component))
         request = {**with_adapter(route, dict(body or {}), adapter), "stream": True}
         self._adapter = adapter
         start = time.perf_counter()
         try:
             streamed = self.client.invoke_endpoint_with_response_stream(
                 EndpointName=self.endpoint_name, Body=json.dumps(request).encode(), ContentType="application/json",
-                **self._component)
+                **self._components(component))
         except ClientError as err:
             return _whole(_client_error_reply(err, start))
         except BotoCoreError as err:
@@ -213,8 +227,7 @@ class RuntimeTarget:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            status = self.session.client("sagemaker", region_name=self.client.meta.region_name).describe_endpoint(
-                EndpointName=self.endpoint_name)["EndpointStatus"]
+            status = self.control.describe_endpoint(EndpointName=self.endpoint_name)["EndpointStatus"]
         except (BotoCoreError, ClientError) as err:
             return Reply(0, str(err).encode(), time.perf_counter() - start)
         body = json.dumps({"status": status}).encode()

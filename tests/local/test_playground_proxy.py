@@ -187,6 +187,56 @@ def test_the_page_is_told_the_aws_profile_and_component_for_its_code(aws_keys: N
         "profile"] is None
 
 
+def test_adapter_components_get_columns_and_each_call_names_its_component(aws_keys: None) -> None:
+    from botocore.stub import Stubber
+
+    from tests.sagemaker_stubs import BASE, ENDPOINT, described, listed
+
+    # GIVEN an endpoint with inference components: the base (with the package's adapter `support`), an adapter
+    # component `sql` on it, and one on another base
+    target = RuntimeTarget(ENDPOINT, region="us-east-1", inference_component=BASE)
+    proxy = TestClient(create_proxy_app(target, hosts=HOSTS))
+
+    def invoke(body: dict[str, Any], component: str, answer: dict[str, Any]) -> None:
+        runtime.add_response("invoke_endpoint", {"Body": _body(answer), "ContentType": "application/json"},
+                             {"EndpointName": ENDPOINT, "Body": json.dumps(body).encode(), "InferenceComponentName":
+                              component, "ContentType": "application/json", "Accept": "application/json"})
+
+    with Stubber(target.client) as runtime, Stubber(target.control) as control:
+        invoke({"task": "info"}, BASE, INFO)
+        control.add_response("list_inference_components", listed(BASE, "other", "sql"),
+                             {"EndpointNameEquals": ENDPOINT, "MaxResults": 100})
+        for name, answer in ((BASE, described(BASE)), ("other", described("other", base="other-base")),
+                             ("sql", described("sql", base=BASE))):
+            control.add_response("describe_inference_component", answer, {"InferenceComponentName": name})
+        # WHEN the page lists the models, then asks the component and the package's adapter
+        models = proxy.get("/v1/models").json()["data"]
+        invoke({"inputs": "Hello"}, "sql", {"generated_text": " SELECT 1"})
+        by_component = proxy.post("/predict", json={"inputs": "Hello", "adapters": "sql"})
+        invoke({"inputs": "Hello", "adapters": "support"}, BASE, {"generated_text": " Hi."})
+        by_package = proxy.post("/predict", json={"inputs": "Hello", "adapters": "support"})
+        runtime.assert_no_pending_responses()
+        control.assert_no_pending_responses()
+    # THEN the component has a column of its own, and each call went where that adapter lives
+    assert [(m["id"], m["parent"], m.get("inference_component")) for m in models] == [
+        ("my-base", None, None), ("support", "my-base", None), ("sql", "my-base", "sql")]
+    assert by_component.json() == {"generated_text": " SELECT 1"} and by_package.json() == {"generated_text": " Hi."}
+
+
+def test_without_the_right_to_list_components_the_packages_adapters_still_show(aws_keys: None) -> None:
+    from botocore.stub import Stubber
+
+    from tests.sagemaker_stubs import BASE, ENDPOINT
+
+    target = RuntimeTarget(ENDPOINT, region="us-east-1", inference_component=BASE)
+    proxy = TestClient(create_proxy_app(target, hosts=HOSTS))
+    with Stubber(target.client) as runtime, Stubber(target.control) as control:
+        runtime.add_response("invoke_endpoint", {"Body": _body(INFO), "ContentType": "application/json"})
+        control.add_client_error("list_inference_components", "AccessDeniedException", "not authorized", 400)
+        models = proxy.get("/v1/models")
+    assert models.status_code == 200 and [m["id"] for m in models.json()["data"]] == ["my-base", "support"]
+
+
 def test_sagemaker_errors_are_the_containers_status_and_body(sagemaker: tuple[TestClient, Any]) -> None:
     proxy, stubber = sagemaker
     # GIVEN the container refusing a streamed request (DJL async mode's body), then SageMaker itself refusing one
