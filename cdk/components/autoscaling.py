@@ -91,6 +91,7 @@ class VariantAutoscaling(Construct):
             metric=METRICS[settings.scaling_metric],
         )
 
+
 class CopyAutoscaling(Construct):
     """Scalable target on the base component's ``DesiredCopyCount``, target tracking, and scale from zero.
 

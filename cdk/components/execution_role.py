@@ -115,6 +115,7 @@ def execution_role(
         )
     return role, policy
 
+
 def vpc_policy(scope: Construct, role: iam.Role) -> iam.Policy:
     """The network-interface actions SageMaker needs in a VPC, in a policy of their own (for the skips)."""
     policy = iam.Policy(

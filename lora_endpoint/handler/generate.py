@@ -55,11 +55,9 @@ class GenerateRequest:
         return replace(self, adapters=tuple(name if a is None else a for a in self.adapters))
 
 
-
 PARAMETER_KEYS = frozenset(contract.GENERATE_PARAMETERS) | frozenset(contract.GENERATE_UNSUPPORTED)
 GENERATE_KEYS = frozenset(contract.GENERATE_FIELDS)
 SIMPLE_KEYS = frozenset(contract.SIMPLE_FIELDS)
-
 
 
 def read_prompts(value: Any, field: str, settings: HandlerSettings) -> tuple[tuple[str, ...], bool]:

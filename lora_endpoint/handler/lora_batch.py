@@ -185,7 +185,6 @@ class BatchedLora:
                 else:
                     layer.forward = own
 
-
     def stack_steps(self, warm: Sequence[Sequence[str]] = ()) -> Iterator[None]:
         """Stack the factors one layer per step (the caller spreads the steps over engine iterations, so
         that no iteration waits for all of them); the stacks are in place once the iterator is exhausted.

@@ -190,8 +190,6 @@ def test_model_info_names_the_engine_and_why(lm: LoadedModel) -> None:
     assert info["engine"]["name"] == lm.engine_kind and info["engine"]["reason"].startswith("LORA_ENGINE=")
 
 
-
-
 def test_a_request_record_has_the_engine_figures(lm: LoadedModel) -> None:
     from lora_endpoint.handler.telemetry import Trace
 

@@ -119,7 +119,6 @@ def _stats(server):  # type: ignore[no-untyped-def]
     return httpx.get(server.url + "/local/stats").json()
 
 
-
 def test_local_route_schemas_are_the_deployed_models_with_streaming_allowed() -> None:
     from cdk.components.api_mapping import REQUEST_SCHEMAS
     from lora_endpoint.local.api_routes import local_schema

@@ -76,6 +76,7 @@ class Output:
     def record(self, index: int = 0) -> dict[str, str]:
         """An async-mode Output's record, decoded as the frontend's ``Request.addResponse`` reads it."""
         return decode_record(self.content[index][1])
+
     def body(self, index: int = 0) -> bytes:
         return self.content[index][1]
 
