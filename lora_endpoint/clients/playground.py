@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lora_endpoint.contract.errors import error_body, full_error_body
 from lora_endpoint.local import DEFAULT_ENDPOINT_NAME, playground_page
+from lora_endpoint.local.adapter_routes import model_list
 
 from .target import HttpTarget, RuntimeTarget, Target
 
@@ -52,9 +53,7 @@ def is_loopback(url: str | None) -> bool:
 def target_info(target: Target, *, streaming: bool = True) -> dict[str, Any]:
     """What the page shows and writes its snippets for (see ``playground_page.TargetInfo``). A deployed API
     Gateway cannot stream, so its answers are asked for whole whatever ``streaming`` says."""
-    info: dict[str, Any] = {"target": target.describe(), "url": None, "endpoint_name": "lora-endpoint",
-                            "region": "us-east-1", "sigv4": False, "api_key": False, "profile": None,
-                            "inference_component": None}
+    info = playground_page.target_fields(target=target.describe())
     if isinstance(target, HttpTarget):
         local = is_loopback(target.base)
         info.update(kind="local" if local else "api", url=target.base, sigv4=target.credentials is not None,
@@ -66,29 +65,24 @@ def target_info(target: Target, *, streaming: bool = True) -> dict[str, Any]:
         info.update(kind="local" if target.endpoint_url else "sagemaker", url=target.endpoint_url,
                     endpoint_name=target.endpoint_name, region=target.client.meta.region_name or "us-east-1",
                     profile=target.profile, inference_component=target.inference_component)
-    else:
-        info["kind"] = "local"
     info["streaming"] = streaming
     return info
 
 
-def models_from_info(info: dict[str, Any], components: Iterable[str] = ()) -> dict[str, Any]:
-    """Model info (the handler's ``{"task": "info"}`` answer) as OpenAI's model list, the way the local
-    endpoint's ``GET /v1/models`` answers it: the base first, then each adapter with ``parent`` the base;
-    then the adapter inference components ``components`` (a package adapter of the same name is the
-    component's: that is what the name reaches)."""
-    base = str(info.get("base_model") or "base")
-    data = [{"id": base, "object": "model", "owned_by": "lora-endpoint", "root": base, "parent": None,
-             "max_model_len": info.get("context_length")}]
+def models_from_info(info: dict[str, Any], components: Iterable[str] = (), created: int | None = None
+                     ) -> dict[str, Any]:
+    """Model info (the handler's ``{"task": "info"}`` answer) as the local endpoint's ``GET /v1/models``
+    (``adapter_routes.model_list``): the base first, then each adapter with ``parent`` the base; then the
+    adapter inference components ``components``, marked ``inference_component`` (a package adapter of the
+    same name is the component's: that is what the name reaches)."""
     live = list(dict.fromkeys(components))
-    for adapter in info.get("adapters") or []:
-        if isinstance(adapter, dict) and adapter.get("name") and str(adapter["name"]) not in live:
-            name = str(adapter["name"])
-            data.append({"id": name, "object": "model", "owned_by": "lora-endpoint", "root": name, "parent": base,
-                         "max_model_len": None})
-    data += [{"id": name, "object": "model", "owned_by": "lora-endpoint", "root": name, "parent": base,
-              "max_model_len": None, "inference_component": name} for name in live]
-    return {"object": "list", "data": data}
+    package = [{"name": str(a["name"])} for a in info.get("adapters") or []
+               if isinstance(a, dict) and a.get("name") and str(a["name"]) not in live]
+    listed = model_list({"base_model": info.get("base_model") or "base", "context_length": info.get("context_length"),
+                         "adapters": package + [{"name": name} for name in live]}, created)
+    for model in listed["data"][1 + len(package):]:
+        model["inference_component"] = model["id"]
+    return listed
 
 
 def adapter_components(target: Target) -> list[str]:

@@ -113,8 +113,6 @@ class RuntimeTarget:
         self.endpoint_name = endpoint_name
         self.endpoint_url = endpoint_url
         self.profile = None if endpoint_url else profile
-        # botocore sends no empty parameter: the component goes in only when there is one.
-        self._component: dict[str, str] = {"InferenceComponentName": inference_component} if inference_component else {}
         self.inference_component = inference_component
         self._control: Any = None
         try:
@@ -130,8 +128,10 @@ class RuntimeTarget:
         return f"endpoint {self.endpoint_name}{component}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
 
     def _components(self, component: str | None) -> dict[str, str]:
-        """The ``InferenceComponentName`` parameter of one call: ``component``, else the target's (if any)."""
-        return {"InferenceComponentName": component} if component else self._component
+        """The ``InferenceComponentName`` parameter of one call: ``component``, else the target's; none at all
+        without either (botocore takes no empty one)."""
+        name = component or self.inference_component
+        return {"InferenceComponentName": name} if name else {}
 
     @property
     def control(self) -> Any:

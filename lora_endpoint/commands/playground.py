@@ -86,14 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from lora_endpoint.clients.playground import LOOPBACK, create_proxy_app, target_info
+    from lora_endpoint.local.playground_page import page_url
 
     info = target_info(target, streaming=not args.no_stream)
     hosts = {*LOOPBACK, *args.allow_host}
     if args.host not in ("0.0.0.0", "::"):
         hosts.add(args.host)
     app = create_proxy_app(target, info=info, hosts=hosts)
-    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    url = f"http://{shown_host if ':' not in shown_host else f'[{shown_host}]'}:{args.port}/playground"
+    url = page_url(args.host, args.port)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
     streams = "streaming" if info["streaming"] else "whole answers"
     print(f"playground on {url} -> {target.describe()} ({streams}); Ctrl-C stops it", file=sys.stderr)

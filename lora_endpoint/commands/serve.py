@@ -119,8 +119,9 @@ def _open_playground(host: str, port: int) -> None:
     import threading
     import webbrowser
 
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
-    url = f"http://{shown}:{port}/playground"
+    from lora_endpoint.local.playground_page import page_url
+
+    url = page_url(host, port)
     print(f"opening {url}", file=sys.stderr)
     threading.Thread(target=webbrowser.open, args=(url,), name="open-playground", daemon=True).start()
 

@@ -46,15 +46,23 @@ def _read(name: str) -> bytes:
     return (STATIC_DIR / name).read_bytes()
 
 
+def target_fields(**fields: Any) -> dict[str, Any]:
+    """A ``TargetInfo`` answer: ``fields`` over the defaults (the local endpoint, streaming, no AWS auth)."""
+    return {"kind": "local", "target": "", "streaming": True, "url": None, "endpoint_name": "lora-endpoint",
+            "region": "us-east-1", "sigv4": False, "api_key": False, "profile": None, "inference_component": None,
+            **fields}
+
+
+def page_url(host: str, port: int) -> str:
+    """The page's URL on a server listening on ``host:port`` (a wildcard address is opened as 127.0.0.1)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}/playground"
+
+
 def local_target(endpoint_name: str) -> TargetInfo:
     """The target info of the local endpoint serving the page itself."""
-
-    def info(request: Request) -> dict[str, Any]:
-        return {"kind": "local", "target": f"this local endpoint ({endpoint_name})", "streaming": True, "url": None,
-                "endpoint_name": endpoint_name, "region": "us-east-1", "sigv4": False, "api_key": False,
-                "profile": None, "inference_component": None}
-
-    return info
+    fields = target_fields(target=f"this local endpoint ({endpoint_name})", endpoint_name=endpoint_name)
+    return lambda request: fields
 
 
 def router(target_info: TargetInfo) -> APIRouter:

@@ -38,7 +38,7 @@ class Running:
     url: str
     port: int
     app: Any
-    server: DrainingServer
+    server: uvicorn.Server
     thread: threading.Thread
 
     @property
@@ -56,9 +56,12 @@ class Running:
 
 
 def start(app: Any, *, wait_ready: bool = True, timeout_s: float = 60.0) -> Running:
+    """``app`` served on a free port in a thread: the local endpoint's (waiting for ``/ping`` unless
+    ``wait_ready`` is false), or any other app (e.g. the playground proxy, with ``wait_ready=False``)."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=10)
-    server = DrainingServer(config, endpoint=app.state.endpoint)
+    endpoint = getattr(app.state, "endpoint", None)
+    server = DrainingServer(config, endpoint=endpoint) if endpoint is not None else uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     running = Running(f"http://127.0.0.1:{port}", port, app, server, thread)

@@ -29,7 +29,7 @@ import pytest
 
 from tests.docs import ROOT
 
-from .conftest import Running, free_port
+from .conftest import Running, free_port, start
 
 pytestmark = pytest.mark.browser
 
@@ -248,26 +248,13 @@ def test_a_stream_that_fails_midway_shows_its_error_record(page: Any, server: Ru
 @contextlib.contextmanager
 def _proxy(target: Any, info: dict[str, Any] | None = None) -> Iterator[str]:
     """``lora-endpoint playground``'s app for ``target`` (telling the page ``info``) on a free port, in a thread."""
-    import threading
-
-    import uvicorn
-
     from lora_endpoint.clients.playground import create_proxy_app
 
-    port = free_port()
-    app = create_proxy_app(target, info=info)
-    proxy = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=proxy.run, name=f"proxy-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not proxy.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the proxy did not start"
-        time.sleep(0.02)
+    proxy = start(create_proxy_app(target, info=info), wait_ready=False, timeout_s=30)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield proxy.url
     finally:
-        proxy.should_exit = True
-        thread.join(30)
+        proxy.stop()
 
 
 @pytest.mark.parametrize("server", ["async"], indirect=True)

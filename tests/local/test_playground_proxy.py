@@ -166,7 +166,7 @@ def test_sagemaker_model_list_and_a_whole_answer(sagemaker: tuple[TestClient, An
     models = proxy.get("/v1/models").json()
     reply = proxy.post("/predict", json=sent)
     # THEN the list is the info's, in the local endpoint's shape, and the answer is the endpoint's
-    assert models == models_from_info(INFO)
+    assert models == models_from_info(INFO, created=models["data"][0]["created"])
     assert [(m["id"], m["parent"]) for m in models["data"]] == [("my-base", None), ("support", "my-base")]
     assert reply.status_code == 200 and reply.json() == answer
     info = proxy.get("/playground/target").json()

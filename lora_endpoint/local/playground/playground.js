@@ -49,21 +49,24 @@ function wantsStream() {
 // The body for one column: its model named the way each route names it; nothing for the base model.
 function buildBody(column) {
   const kind = mode();
+  if (kind === "chat") return chatBody(column.id, chatMessages(column));
   const params = settings();
   const stream = wantsStream();
   const adapter = column.adapter ? column.id : null;
-  if (kind === "chat") {
-    const body = { model: column.id, messages: chatMessages(column) };
-    const { max_new_tokens: maxTokens, ...rest } = params;
-    if (maxTokens !== undefined) body.max_tokens = maxTokens;
-    Object.assign(body, rest);
-    if (stream) Object.assign(body, { stream: true, stream_options: { include_usage: true } });
-    return body;
-  }
   const body = kind === "rag" ? { query: $("#prompt").value, context: passages() } : { inputs: $("#prompt").value };
   if (adapter) body.adapters = adapter;
   if (Object.keys(params).length) body.parameters = params;
   if (stream) body.stream = true;
+  return body;
+}
+
+// A chat completions body: the settings under their OpenAI names (max_new_tokens is max_tokens).
+function chatBody(model, messages) {
+  const { max_new_tokens: maxTokens, ...rest } = settings();
+  const body = { model, messages };
+  if (maxTokens !== undefined) body.max_tokens = maxTokens;
+  Object.assign(body, rest);
+  if (wantsStream()) Object.assign(body, { stream: true, stream_options: { include_usage: true } });
   return body;
 }
 
@@ -439,14 +442,7 @@ function snippet(column, as) {
 }
 
 function buildChatForOpenAI(column) {
-  if (mode() === "chat") return buildBody(column);
-  const params = settings();
-  const body = { model: column.id, messages: chatMessages({ history: [] }) };
-  const { max_new_tokens: maxTokens, ...rest } = params;
-  if (maxTokens !== undefined) body.max_tokens = maxTokens;
-  Object.assign(body, rest);
-  if (wantsStream()) Object.assign(body, { stream: true, stream_options: { include_usage: true } });
-  return body;
+  return chatBody(column.id, chatMessages(mode() === "chat" ? column : { history: [] }));
 }
 
 async function copyRequest(column, as) {
